@@ -1,0 +1,96 @@
+"""Authorization for API calls: Kognic's OAuth2 client credentials and AnnoLab's API key."""
+
+from __future__ import annotations
+
+import anyio
+
+from annopull.config import KognicCredentials, Secret
+from annopull.errors import AnnopullError, AuthError
+from annopull.transport import Transport
+
+__all__ = ["ApiKeyAuth", "KognicTokenManager"]
+
+TOKEN_PATH = "/v1/auth/oauth/token"
+#: Refresh this long before the token expires, so no request goes out with a dying token.
+REFRESH_MARGIN = 60.0
+
+
+class KognicTokenManager:
+    """Fetches one OAuth2 token for all tasks and refreshes it before it expires.
+
+    Concurrent callers share one in-flight fetch (a lock around the check), so a burst of
+    hundreds of tasks costs one token request, not hundreds.
+
+    Args:
+        transport: the client's transport (the token call is retried like any other).
+        auth_url: the Kognic auth host.
+        credentials: the client id and secret.
+    """
+
+    def __init__(
+        self, *, transport: Transport, auth_url: str, credentials: KognicCredentials
+    ) -> None:
+        self._transport = transport
+        self._url = auth_url.rstrip("/") + TOKEN_PATH
+        self._credentials = credentials
+        self._lock = anyio.Lock()
+        self._header: str | None = None
+        self._refresh_at = 0.0
+        self.fetches = 0
+
+    def __repr__(self) -> str:
+        return f"KognicTokenManager(client_id={self._credentials.client_id!r})"
+
+    async def authorization(self) -> str:
+        """Return ``Bearer <token>``, fetching or refreshing it when needed."""
+        async with self._lock:
+            if self._header is None or anyio.current_time() >= self._refresh_at:
+                await self._fetch()
+            assert self._header is not None
+            return self._header
+
+    async def invalidate(self, value: str) -> None:
+        """Drop a token the API refused, unless another task has already replaced it."""
+        async with self._lock:
+            if self._header == value:
+                self._header = None
+
+    async def _fetch(self) -> None:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self._credentials.client_id,
+            "client_secret": self._credentials.client_secret.reveal(),
+        }
+        try:
+            body = await self._transport.request_json("POST", self._url, form=form)
+        except AuthError as exc:
+            raise AuthError(
+                f"Kognic refused the client credentials of client id "
+                f"{self._credentials.client_id!r}: {exc.reason}",
+                url=self._url,
+                status=exc.status,
+            ) from None
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise AnnopullError("Kognic's token answer holds no access_token", url=self._url)
+        lifetime = float(body.get("expires_in") or 3600)
+        self._header = f"Bearer {token}"
+        self._refresh_at = anyio.current_time() + max(lifetime - REFRESH_MARGIN, lifetime / 2)
+        self.fetches += 1
+
+
+class ApiKeyAuth:
+    """AnnoLab's ``Authorization: Api-Key <key>``; a refused key is final."""
+
+    def __init__(self, key: Secret) -> None:
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "ApiKeyAuth(key=Secret('***'))"
+
+    async def authorization(self) -> str:
+        """Return ``Api-Key <key>``."""
+        return f"Api-Key {self._key.reveal()}"
+
+    async def invalidate(self, value: str) -> None:
+        """Nothing to refresh: a key either works or it does not."""

@@ -1,0 +1,342 @@
+"""Settings: small frozen dataclasses, loaded from a TOML file, the environment and flags.
+
+Precedence is file < environment < explicit overrides (the CLI's flags). Every key of the
+file can also be set as ``ANNOPULL_<SECTION>_<KEY>`` (e.g. ``ANNOPULL_ENGINE_CONCURRENCY=64``).
+Credentials come only from the environment or files they name, as the platforms' official
+clients find them, and are held in :class:`Secret` so that no repr or log shows them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from annopull.errors import ConfigError
+
+__all__ = [
+    "AnnoLabConfig",
+    "Config",
+    "EngineConfig",
+    "KognicConfig",
+    "KognicCredentials",
+    "RetryPolicy",
+    "Secret",
+    "load_annolab_key",
+    "load_config",
+    "load_kognic_credentials",
+]
+
+ENV_PREFIX = "ANNOPULL_"
+
+
+class Secret:
+    """A string that never shows itself in a repr, str, log line or error message."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the secret itself, for the one place that must send it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """When and how often a failed request is tried again.
+
+    Args:
+        max_attempts: tries in all, the first included. ``1`` disables retries.
+        backoff_base: seconds of the first backoff; doubled each attempt, with full jitter.
+        backoff_max: cap of one backoff sleep, in seconds.
+        retry_after_max: cap on a server's ``Retry-After``, in seconds, so one bad header
+            cannot park a nightly job for a day.
+    """
+
+    max_attempts: int = 8
+    backoff_base: float = 0.5
+    backoff_max: float = 60.0
+    retry_after_max: float = 300.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """How hard annopull pushes: concurrency, timeouts, retries, rate limit, buffers.
+
+    Args:
+        concurrency: content downloads in flight at once.
+        connect_timeout: seconds to open a connection.
+        read_timeout: seconds without a single byte before a read is abandoned; catches a
+            stalled body, not only a slow start.
+        retry: the retry policy for every request.
+        rate_limit: requests per second across the whole client; ``0`` for no limit.
+        chunk_size: bytes read from the network per chunk.
+        spool_memory: bytes of one downloaded item kept in memory before it spills to a
+            temporary file; with ``concurrency`` this bounds the memory of a pull.
+        compress_level: zlib level for zip entries (0 stores them uncompressed).
+    """
+
+    concurrency: int = 32
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    rate_limit: float = 0.0
+    chunk_size: int = 256 * 1024
+    spool_memory: int = 4 * 1024 * 1024
+    compress_level: int = 6
+
+
+@dataclass(frozen=True, kw_only=True)
+class KognicConfig:
+    """Where Kognic lives; credentials come from :func:`load_kognic_credentials`."""
+
+    api_url: str = "https://input.app.kognic.com"
+    auth_url: str = "https://auth.app.kognic.com"
+    credentials: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnnoLabConfig:
+    """Where AnnoLab lives and how its export jobs are polled.
+
+    Args:
+        api_url: the API host.
+        poll_interval: seconds before the first status poll.
+        poll_backoff: factor by which the interval grows after each poll.
+        poll_max_interval: cap of the interval, in seconds.
+        poll_timeout: seconds after which a job still not finished is given up.
+    """
+
+    api_url: str = "https://api.annolab.ai"
+    poll_interval: float = 1.0
+    poll_backoff: float = 1.5
+    poll_max_interval: float = 15.0
+    poll_timeout: float = 3600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """All settings of a client."""
+
+    kognic: KognicConfig = field(default_factory=KognicConfig)
+    annolab: AnnoLabConfig = field(default_factory=AnnoLabConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KognicCredentials:
+    """OAuth2 client credentials for Kognic."""
+
+    client_id: str
+    client_secret: Secret
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "kognic": KognicConfig,
+    "annolab": AnnoLabConfig,
+    "engine": EngineConfig,
+}
+_RETRY_KEYS = {f.name for f in dataclasses.fields(RetryPolicy)}
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build a :class:`Config` from a TOML file, then the environment, then ``overrides``.
+
+    Args:
+        path: a TOML file; ``None`` for defaults only.
+        env: the environment to read ``ANNOPULL_<SECTION>_<KEY>`` from (``os.environ``).
+        overrides: ``{section: {key: value}}`` with the highest precedence (CLI flags);
+            ``None`` values are ignored.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, or a value of the wrong type.
+    """
+    layers: list[tuple[str, Mapping[str, Mapping[str, Any]]]] = []
+    if path is not None:
+        layers.append((str(path), _read_toml(path)))
+    layers.append(("environment", _from_env(os.environ if env is None else env)))
+    if overrides:
+        layers.append(("options", overrides))
+    merged: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    for origin, layer in layers:
+        for section, values in layer.items():
+            if section not in _SECTIONS:
+                raise ConfigError(f"unknown section [{section}] in {origin}")
+            for key, value in values.items():
+                if value is not None:
+                    merged[section][key] = (origin, value)
+    return Config(**{name: _build(name, values) for name, values in merged.items()})
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
+        if section in _SECTIONS and key:
+            found.setdefault(section, {})[key] = value
+    return found
+
+
+def _build(section: str, values: Mapping[str, tuple[str, Any]]) -> Any:
+    cls = _SECTIONS[section]
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    retry: dict[str, Any] = {}
+    for key, (origin, raw) in values.items():
+        if section == "engine" and key in _RETRY_KEYS:
+            retry[key] = _coerce(_RETRY_FIELDS[key], raw, f"[engine] {key} in {origin}")
+        elif key in known and key != "retry":
+            kwargs[key] = _coerce(known[key], raw, f"[{section}] {key} in {origin}")
+        else:
+            raise ConfigError(f"unknown setting [{section}] {key} in {origin}")
+    if retry:
+        kwargs["retry"] = RetryPolicy(**retry)
+    return _validated(cls(**kwargs))
+
+
+_RETRY_FIELDS = {f.name: f for f in dataclasses.fields(RetryPolicy)}
+
+
+def _coerce(spec: dataclasses.Field[Any], raw: Any, where: str) -> Any:
+    kind = str(spec.type)
+    try:
+        if kind.startswith("Path"):
+            return Path(os.path.expanduser(str(raw)))
+        if kind == "int":
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw)
+        if kind == "float":
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
+        if kind == "str":
+            if not isinstance(raw, str):
+                raise ValueError(raw)
+            return raw
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {kind}, got {raw!r}") from None
+    raise AssertionError(f"unhandled setting type {kind}")  # pragma: no cover
+
+
+def _validated(section: Any) -> Any:
+    for spec in dataclasses.fields(section):
+        value = getattr(section, spec.name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"{spec.name} must not be negative, got {value}")
+        if spec.name.endswith("_url") and not str(value).startswith(("http://", "https://")):
+            raise ConfigError(f"{spec.name} must be an http(s) URL, got {value!r}")
+    if isinstance(section, EngineConfig):
+        if section.concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {section.concurrency}")
+        if section.retry.max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
+        if not 0 <= section.compress_level <= 9:
+            raise ConfigError(f"compress_level must be 0..9, got {section.compress_level}")
+        if section.chunk_size < 1024:
+            raise ConfigError(f"chunk_size must be at least 1024, got {section.chunk_size}")
+    return section
+
+
+def load_kognic_credentials(
+    config: KognicConfig, *, env: Mapping[str, str] | None = None
+) -> KognicCredentials:
+    """Find Kognic client credentials the way the official client does.
+
+    ``KOGNIC_CREDENTIALS`` (or ``[kognic] credentials``) names a JSON file with ``clientId``
+    and ``clientSecret`` (and an optional ``expires``); else ``KOGNIC_CLIENT_ID`` and
+    ``KOGNIC_CLIENT_SECRET``.
+
+    Raises:
+        ConfigError: no credentials, an unreadable or incomplete file, or expired ones.
+    """
+    env = os.environ if env is None else env
+    path = env.get("KOGNIC_CREDENTIALS") or (str(config.credentials) if config.credentials else "")
+    if path:
+        return _credentials_from_file(Path(path).expanduser())
+    client_id, secret = env.get("KOGNIC_CLIENT_ID"), env.get("KOGNIC_CLIENT_SECRET")
+    if client_id and secret:
+        return KognicCredentials(client_id=client_id, client_secret=Secret(secret))
+    raise ConfigError(
+        "no Kognic credentials: set KOGNIC_CREDENTIALS to a credentials JSON file, "
+        "or KOGNIC_CLIENT_ID and KOGNIC_CLIENT_SECRET"
+    )
+
+
+def _credentials_from_file(path: Path) -> KognicCredentials:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read Kognic credentials file {path}: {exc.strerror}") from None
+    except orjson.JSONDecodeError:
+        raise ConfigError(f"Kognic credentials file {path} is not valid JSON") from None
+    if not isinstance(data, dict) or not data.get("clientId") or not data.get("clientSecret"):
+        raise ConfigError(f"Kognic credentials file {path} lacks clientId or clientSecret")
+    if _expired(data.get("expires")):
+        raise ConfigError(f"Kognic credentials in {path} have expired; create new ones")
+    return KognicCredentials(
+        client_id=str(data["clientId"]), client_secret=Secret(str(data["clientSecret"]))
+    )
+
+
+def _expired(expires: object) -> bool:
+    if isinstance(expires, str):
+        try:
+            moment = datetime.fromisoformat(expires.replace("Z", "+00:00"))
+        except ValueError:
+            return False
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp() < time.time()
+    return isinstance(expires, int | float) and expires < time.time()
+
+
+def load_annolab_key(*, env: Mapping[str, str] | None = None) -> Secret:
+    """Read the AnnoLab API key from ``ANNOLAB_API_KEY``.
+
+    Raises:
+        ConfigError: the variable is not set.
+    """
+    env = os.environ if env is None else env
+    key = env.get("ANNOLAB_API_KEY")
+    if not key:
+        raise ConfigError("no AnnoLab API key: set ANNOLAB_API_KEY")
+    return Secret(key)

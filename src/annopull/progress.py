@@ -1,0 +1,215 @@
+"""Progress reporting: what the engine tells, and a live display of it on stderr.
+
+The engine only calls the :class:`Progress` protocol; :class:`NullProgress` is the default
+for library use, :class:`TerminalProgress` the CLI's live bar (rich) on a terminal, with a
+plain line every few seconds when stderr is a file or a pipe (cron logs, CI).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, Any, Protocol
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import (
+    Progress as RichProgress,
+)
+
+__all__ = ["NullProgress", "Progress", "TerminalProgress", "format_bytes"]
+
+
+class Progress(Protocol):
+    """What a long job reports as it goes; every method must be cheap and never block."""
+
+    def listed(self, count: int = 1) -> None:
+        """``count`` more items are known to be wanted."""
+
+    def listing_done(self) -> None:
+        """The list of items is complete: the total is now final."""
+
+    def item_done(self, *, skipped: bool = False) -> None:
+        """One item arrived (or was skipped as already present)."""
+
+    def item_failed(self) -> None:
+        """One item failed for good."""
+
+    def bytes(self, count: int) -> None:
+        """``count`` bytes arrived (negative when a retry discarded some)."""
+
+    def expect_bytes(self, total: int | None) -> None:
+        """The job's size in bytes, when it is a single download."""
+
+    def status(self, text: str) -> None:
+        """A one-line state, e.g. an export job's status while it is being built."""
+
+
+class NullProgress:
+    """Reports nothing: the default for library calls."""
+
+    def listed(self, count: int = 1) -> None:
+        pass
+
+    def listing_done(self) -> None:
+        pass
+
+    def item_done(self, *, skipped: bool = False) -> None:
+        pass
+
+    def item_failed(self) -> None:
+        pass
+
+    def bytes(self, count: int) -> None:
+        pass
+
+    def expect_bytes(self, total: int | None) -> None:
+        pass
+
+    def status(self, text: str) -> None:
+        pass
+
+
+def format_bytes(count: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+class TerminalProgress:
+    """Live progress on stderr: a rich bar on a terminal, periodic plain lines elsewhere.
+
+    Use as a context manager around the job. Counts items (done, skipped, failed), bytes,
+    rate and, once the listing is complete, the ETA.
+
+    Args:
+        label: what the job is, shown at the left.
+        stream: where to draw (stderr).
+        interval: seconds between plain lines when ``stream`` is not a terminal.
+    """
+
+    def __init__(self, label: str, *, stream: IO[str] | None = None, interval: float = 10.0):
+        self._stream = stream or sys.stderr
+        self._label = label
+        self._interval = interval
+        self._live = self._stream.isatty()
+        self._items_total = 0
+        self._listing_done = False
+        self.done = 0
+        self.skipped = 0
+        self.failed = 0
+        self.byte_count = 0
+        self._bytes_total: int | None = None
+        self._status = ""
+        self._started = time.monotonic()
+        self._last_line = self._started
+        self._rich: RichProgress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> TerminalProgress:
+        if self._live:
+            self._rich = RichProgress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[counts]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[extra]}"),
+                console=Console(file=self._stream),
+                transient=False,
+                refresh_per_second=5,
+            )
+            self._rich.start()
+            self._task = self._rich.add_task(self._label, total=None, counts="", extra="")
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._refresh(force=True)
+        if self._rich is not None:
+            self._rich.stop()
+
+    # -- Progress protocol -------------------------------------------------------------
+    def listed(self, count: int = 1) -> None:
+        self._items_total += count
+        self._refresh()
+
+    def listing_done(self) -> None:
+        self._listing_done = True
+        self._refresh()
+
+    def item_done(self, *, skipped: bool = False) -> None:
+        self.done += 1
+        self.skipped += skipped
+        self._refresh()
+
+    def item_failed(self) -> None:
+        self.failed += 1
+        self._refresh()
+
+    def bytes(self, count: int) -> None:
+        self.byte_count += count
+        self._refresh()
+
+    def expect_bytes(self, total: int | None) -> None:
+        self._bytes_total = total
+        self._refresh()
+
+    def status(self, text: str) -> None:
+        self._status = text
+        self._refresh(force=True)
+
+    # -- drawing -----------------------------------------------------------------------
+    def _extra(self) -> str:
+        parts = []
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped")
+        if self.failed:
+            failed = f"{self.failed} failed"
+            parts.append(f"[red]{failed}[/red]" if self._live else failed)
+        if self._status:
+            parts.append(self._status)
+        return "  ".join(parts)
+
+    def _refresh(self, *, force: bool = False) -> None:
+        if self._rich is not None and self._task is not None:
+            by_items = self._bytes_total is None
+            self._rich.update(
+                self._task,
+                total=(self._items_total if self._listing_done else None)
+                if by_items
+                else self._bytes_total,
+                completed=self.done + self.failed if by_items else self.byte_count,
+                counts=self._counts(time.monotonic()),
+                extra=self._extra(),
+            )
+            return
+        now = time.monotonic()
+        if force or now - self._last_line >= self._interval:
+            self._last_line = now
+            print(self._plain_line(now), file=self._stream, flush=True)
+
+    def _counts(self, now: float) -> str:
+        elapsed = max(now - self._started, 1e-9)
+        total = f"/{self._items_total}" if self._listing_done else ""
+        items = f"{self.done + self.failed}{total} items" if self._items_total else ""
+        size = format_bytes(self.byte_count)
+        if self._bytes_total:
+            size += f"/{format_bytes(self._bytes_total)}"
+        rate = f"{format_bytes(self.byte_count / elapsed)}/s"
+        return "  ".join(f for f in (items, size, rate) if f)
+
+    def _plain_line(self, now: float) -> str:
+        elapsed = now - self._started
+        fields = [self._label, self._counts(now), f"{elapsed:.0f}s", self._extra()]
+        return " | ".join(f for f in fields if f)

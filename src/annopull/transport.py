@@ -1,0 +1,373 @@
+"""HTTP transport: one aiohttp session, retries with backoff, rate limit, error translation.
+
+Every request annopull makes goes through :class:`Transport`. It owns the only
+``aiohttp.ClientSession`` of a client, retries what is worth retrying (408, 429, 5xx,
+timeouts, dropped connections, bodies cut short) with exponential backoff and full jitter,
+honours ``Retry-After``, and turns everything that still fails into the annopull error tree
+in exactly one place (:func:`_classify`). Storage downloads never carry an Authorization
+header: signed URLs are credentials of their own, and some stores reject the request.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, NoReturn, Protocol, TypeVar
+
+import aiohttp
+import anyio
+import orjson
+
+from annopull import __name__ as _package
+from annopull.config import EngineConfig
+from annopull.errors import (
+    AnnopullError,
+    ApiError,
+    AuthError,
+    NotFoundError,
+    TransferError,
+)
+
+__all__ = ["AuthProvider", "ByteTarget", "RateLimiter", "Transport", "parse_retry_after"]
+
+T = TypeVar("T")
+
+#: What the official Kognic client retries on, and what AnnoLab's 429/5xx need.
+RETRY_STATUSES = frozenset({408, 429, *range(500, 512), 598, 599})
+#: A storage URL that answers these has expired (Kognic's contract); fetch a fresh one.
+EXPIRED_URL_STATUSES = frozenset({400, 403})
+#: Cap on fresh-URL fetches for one download, so a store that never accepts cannot loop.
+MAX_URL_REFRESHES = 3
+USER_AGENT = f"{_package}/0.1"
+
+
+class AuthProvider(Protocol):
+    """Supplies the Authorization header of API calls and drops a refused one."""
+
+    async def authorization(self) -> str:
+        """Return the value of the Authorization header to send."""
+
+    async def invalidate(self, value: str) -> None:
+        """Forget ``value`` after the server refused it, so the next call fetches anew."""
+
+
+class ByteTarget(Protocol):
+    """Where a download's bytes go; it can be cut back so a retry can resume or restart."""
+
+    @property
+    def size(self) -> int:
+        """Bytes held now."""
+
+    async def write(self, chunk: bytes) -> None:
+        """Append ``chunk``."""
+
+    async def truncate(self, size: int) -> None:
+        """Drop everything after the first ``size`` bytes."""
+
+
+class _Retry(Exception):
+    """One attempt failed in a way that another attempt may fix."""
+
+    def __init__(self, reason: str, *, status: int | None = None, delay: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.delay = delay
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Return the seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+class RateLimiter:
+    """Spaces requests evenly so that no more than ``rate`` start per second."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = anyio.Lock()
+
+    async def wait(self) -> None:
+        """Return when the next request may start."""
+        async with self._lock:
+            now = anyio.current_time()
+            delay = self._next - now
+            self._next = max(now, self._next) + self._interval
+        if delay > 0:
+            await anyio.sleep(delay)
+
+
+class Transport:
+    """The HTTP layer of a client: use it as ``async with Transport(engine=...) as t``.
+
+    Args:
+        engine: timeouts, retry policy, rate limit, concurrency (sizes the connection pool).
+    """
+
+    def __init__(self, *, engine: EngineConfig) -> None:
+        self._engine = engine
+        self._limiter = RateLimiter(engine.rate_limit) if engine.rate_limit > 0 else None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Transport:
+        connector = aiohttp.TCPConnector(
+            # A few beyond the download concurrency, so listing and polling never queue
+            # behind content fetches.
+            limit=self._engine.concurrency + 8,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            keepalive_timeout=30,
+        )
+        # sock_read catches a stalled body; no total timeout, since a multi-GB body is fine.
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=self._engine.connect_timeout,
+            sock_read=self._engine.read_timeout,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            headers={"User-Agent": USER_AGENT},
+            auto_decompress=True,
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session and its connections."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    @property
+    def engine(self) -> EngineConfig:
+        """The engine settings this transport was made with."""
+        return self._engine
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Transport is not open: use `async with Transport(...)`")
+        return self._session
+
+    async def request_json(
+        self,
+        method: str,
+        url: str,
+        *,
+        auth: AuthProvider | None = None,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        form: Mapping[str, str] | None = None,
+        item: str | None = None,
+    ) -> Any:
+        """Make an API call and return its parsed JSON body, retrying what is retryable.
+
+        A 401 makes ``auth`` drop its header and the call is repeated once with a fresh one.
+
+        Raises:
+            AuthError: 401/403 (after one refetch).
+            NotFoundError: 404.
+            ApiError: any other non-retryable status; the platform's ``message`` is shown.
+            TransferError: retries exhausted.
+        """
+        refetched = False
+
+        async def once() -> Any:
+            nonlocal refetched
+            headers = {"Accept": "application/json"}
+            sent_auth = await auth.authorization() if auth is not None else None
+            if sent_auth is not None:
+                headers["Authorization"] = sent_auth
+            body = orjson.dumps(json) if json is not None else None
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            async with self.session.request(
+                method, url, params=params, data=body if body is not None else form, headers=headers
+            ) as resp:
+                payload = await resp.read()
+                if resp.status == 401 and auth is not None and sent_auth and not refetched:
+                    refetched = True
+                    await auth.invalidate(sent_auth)
+                    raise _Retry("credentials refused", status=401, delay=0.0)
+                if resp.status >= 400:
+                    self._raise_for_status(resp, payload, url=url, item=item)
+                try:
+                    return orjson.loads(payload) if payload else None
+                except orjson.JSONDecodeError:
+                    raise _Retry("answer is not valid JSON", status=resp.status) from None
+
+        return await self._retrying(once, url=lambda: url, item=item)
+
+    async def download(
+        self,
+        url: str,
+        target: ByteTarget,
+        *,
+        resume: bool = False,
+        refresh_url: Callable[[], Awaitable[str]] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+        item: str | None = None,
+    ) -> int:
+        """Stream a signed storage URL into ``target`` and return the bytes it holds.
+
+        Sends no Authorization header. A body cut short is retried; with ``resume`` the retry
+        asks for the missing bytes with a Range request (and starts over when the server
+        ignores it), else it starts over. A 403/400 means the signed URL expired: with
+        ``refresh_url`` a fresh one is fetched and the download continues.
+
+        Args:
+            url: the signed URL.
+            target: where the bytes go; bytes it already holds count as done when ``resume``.
+            resume: continue from ``target.size`` with a Range request.
+            refresh_url: returns a fresh signed URL when the current one has expired.
+            on_bytes: called with each change in bytes held (negative when cut back).
+            item: named in errors.
+        """
+        current = url
+        refreshes = 0
+        report = on_bytes or (lambda _n: None)
+
+        async def cut_back(size: int) -> None:
+            before = target.size
+            await target.truncate(size)
+            report(size - before)
+
+        async def once() -> int:
+            nonlocal current, refreshes
+            start = target.size if resume else 0
+            if target.size != start:
+                await cut_back(start)
+            headers = {"Range": f"bytes={start}-"} if start else {}
+            async with self.session.get(current, headers=headers) as resp:
+                if resp.status in EXPIRED_URL_STATUSES and refresh_url is not None:
+                    if refreshes >= MAX_URL_REFRESHES:
+                        self._raise_for_status(resp, await resp.read(), url=current, item=item)
+                    refreshes += 1
+                    current = await refresh_url()
+                    raise _Retry("signed URL expired", status=resp.status, delay=0.0)
+                if resp.status == 416 and start:
+                    # The bytes on disk do not fit what the server has: start over.
+                    await cut_back(0)
+                    raise _Retry("range not satisfiable", status=416, delay=0.0)
+                if resp.status >= 400:
+                    self._raise_for_status(resp, await resp.read(), url=current, item=item)
+                if start and not _continues_at(resp, start):
+                    await cut_back(0)
+                expected = _expected_total(resp, target.size)
+                async for chunk in resp.content.iter_chunked(self._engine.chunk_size):
+                    await target.write(chunk)
+                    report(len(chunk))
+            if expected is not None and target.size != expected:
+                raise _Retry(f"body ended at {target.size} of {expected} bytes")
+            return target.size
+
+        return await self._retrying(once, url=lambda: current, item=item)
+
+    async def _retrying(
+        self, once: Callable[[], Awaitable[T]], *, url: Callable[[], str], item: str | None
+    ) -> T:
+        policy = self._engine.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            if self._limiter is not None:
+                await self._limiter.wait()
+            try:
+                return await once()
+            except AnnopullError as exc:
+                if exc.attempts is None:
+                    exc.attempts = attempt
+                raise
+            except Exception as exc:
+                retry = exc if isinstance(exc, _Retry) else _classify(exc)
+                if attempt >= policy.max_attempts:
+                    raise TransferError(
+                        f"giving up: {retry.reason}",
+                        url=url(),
+                        status=retry.status,
+                        attempts=attempt,
+                        item=item,
+                    ) from exc
+            await anyio.sleep(self._backoff(attempt, retry.delay))
+
+    def _backoff(self, attempt: int, hinted: float | None) -> float:
+        policy = self._engine.retry
+        if hinted is not None:
+            return min(hinted, policy.retry_after_max)
+        # Full jitter: spreads a burst of failed requests instead of retrying them in lockstep.
+        return random.uniform(0, min(policy.backoff_max, policy.backoff_base * 2 ** (attempt - 1)))
+
+    @staticmethod
+    def _raise_for_status(
+        resp: aiohttp.ClientResponse, payload: bytes, *, url: str, item: str | None
+    ) -> NoReturn:
+        status = resp.status
+        if status in RETRY_STATUSES:
+            raise _Retry(
+                f"server answered {status}",
+                status=status,
+                delay=parse_retry_after(resp.headers.get("Retry-After")),
+            )
+        message = _error_message(payload) or resp.reason or "request failed"
+        cls = {401: AuthError, 403: AuthError, 404: NotFoundError}.get(status, ApiError)
+        raise cls(message, url=url, status=status, item=item)
+
+
+def _classify(exc: Exception) -> _Retry:
+    """Translate a lower-layer failure into a retry, or re-raise it when it is a bug."""
+    if isinstance(exc, TimeoutError):
+        return _Retry("timed out")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return _Retry("body cut short")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _Retry(f"cannot connect: {exc.os_error.strerror or exc.os_error}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return _Retry("server disconnected")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return _Retry(f"{type(exc).__name__}: {exc}".split("\n", 1)[0][:200])
+    raise exc
+
+
+def _error_message(payload: bytes) -> str:
+    """The platform's own words: JSON ``message`` (or ``error``), else the start of the text."""
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload[:200].decode("utf-8", "replace").strip().split("\n", 1)[0]
+    if isinstance(body, dict):
+        for key in ("message", "error", "detail"):
+            if isinstance(body.get(key), str):
+                return str(body[key])
+    return ""
+
+
+def _continues_at(resp: aiohttp.ClientResponse, start: int) -> bool:
+    """True when a 206 answer's Content-Range begins exactly where our bytes end."""
+    if resp.status != 206:
+        return False
+    unit, _, spec = resp.headers.get("Content-Range", "").partition(" ")
+    first = spec.partition("-")[0]
+    return unit == "bytes" and first.isdigit() and int(first) == start
+
+
+def _expected_total(resp: aiohttp.ClientResponse, held: int) -> int | None:
+    length = resp.content_length
+    if length is None or resp.headers.get("Content-Encoding"):
+        return None
+    return held + length
