@@ -1,0 +1,478 @@
+"""A fake Kognic: OAuth token endpoint, annotation search API and signed storage.
+
+Three loopback servers on their own ports (auth, API, storage), answering as
+``API-CONTRACT.md`` says. Scenes are never materialized: a scene's uuid, ``created``
+and OpenLABEL content are computed from ``(seed, project, index, version)`` on
+request, and the bulky part of the content comes from a small cache of payload
+bodies into which a scene-specific header is spliced, so serving stays cheap even
+for hundreds of thousands of scenes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import random
+import secrets
+import time
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Final
+from urllib.parse import quote
+
+from aiohttp import web
+
+from annopull.testing.faults import (
+    FakeServer,
+    FaultPlan,
+    UrlSigner,
+    fault_answer,
+    json_error,
+    reject_auth_header,
+    send_body,
+    send_json,
+)
+
+__all__ = ["ExpectedAnnotation", "FakeKognic", "KognicProject", "KognicStats"]
+
+_EPOCH: Final = datetime(2024, 1, 1, tzinfo=UTC)
+#: Seconds a version bump moves ``created`` on: later than any first version.
+_VERSION_STEP: Final = 10**8
+#: Memory the cached payload bodies of one content size may take.
+_PAYLOAD_CACHE_BYTES: Final = 64 << 20
+_OBJECT_CLASSES: Final = ("car", "pedestrian", "cyclist", "truck", "traffic_sign")
+
+
+@dataclass(frozen=True, kw_only=True)
+class KognicProject:
+    """One project of the fake Kognic.
+
+    Scene ``i`` belongs to batch ``batches[i % len(batches)]`` and has one
+    annotation of every type in ``annotation_types``.
+
+    Args:
+        project: Project identifier used in URLs.
+        batches: Batch identifiers.
+        annotation_types: Annotation type names.
+        count: Number of scenes.
+        content_size: Approximate size in bytes of each OpenLABEL document.
+        seed: Seeds scene uuids and content.
+        page_size: Items per search page.
+    """
+
+    project: str = "demo"
+    batches: tuple[str, ...] = ("demo",)
+    annotation_types: tuple[str, ...] = ("demo",)
+    count: int = 5000
+    content_size: int = 4096
+    seed: int = 0
+    page_size: int = 100
+
+    def __post_init__(self) -> None:
+        if not self.batches or not self.annotation_types:
+            raise ValueError("a project needs at least one batch and one annotation type")
+        # The scene index is stored in the uuid's low 32 bits (see _scene_uuid).
+        if not 0 <= self.count < 2**32:
+            raise ValueError(f"count must be in [0, 2**32), not {self.count}")
+        if self.page_size < 1 or self.content_size < 0:
+            raise ValueError("page_size must be positive and content_size not negative")
+
+
+@dataclass(frozen=True)
+class ExpectedAnnotation:
+    """An annotation exactly as the fake serves it."""
+
+    scene_uuid: str
+    annotation_type: str
+    created: str
+    content: bytes
+
+
+@dataclass
+class KognicStats:
+    """What the fake Kognic was asked; tests assert on it."""
+
+    token_requests: int = 0
+    search_requests: int = 0
+    #: Storage requests per scene uuid.
+    content_requests: Counter[str] = field(default_factory=Counter)
+    #: Body bytes storage actually sent.
+    content_bytes: int = 0
+    #: Storage requests that carried an Authorization header (0 for a correct client).
+    storage_requests_with_auth_header: int = 0
+    #: 401 answers sent (bad credentials, missing/unknown/expired tokens).
+    unauthorized: int = 0
+
+
+def _index_mask(seed: int, project: str) -> int:
+    digest = hashlib.blake2b(f"{seed}:{project}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _scene_uuid(seed: int, project: str, index: int) -> str:
+    """Deterministic scene uuid whose low 32 bits are the scene index, masked.
+
+    Keeping the index recoverable lets the server resolve a uuid without a table;
+    the mask keeps uuids from looking sequential.
+    """
+    digest = hashlib.blake2b(f"{seed}:{project}:{index}".encode(), digest_size=12).digest()
+    low = (index ^ _index_mask(seed, project)).to_bytes(4, "big")
+    return str(uuid.UUID(bytes=digest + low, version=4))
+
+
+def _scene_index(seed: int, project: str, scene_uuid: str) -> int | None:
+    try:
+        low = uuid.UUID(scene_uuid).int & 0xFFFFFFFF
+    except ValueError:
+        return None
+    return low ^ _index_mask(seed, project)
+
+
+def _created(index: int, version: int) -> str:
+    moment = _EPOCH + timedelta(seconds=index + version * _VERSION_STEP)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _payload_slots(size: int) -> int:
+    return max(1, min(32, _PAYLOAD_CACHE_BYTES // max(size, 1)))
+
+
+@functools.lru_cache(maxsize=64)
+def _payload(seed: int, size: int, slot: int) -> bytes:
+    """The bulky ``"objects": ..., "frames": ...`` part of a document, about ``size`` bytes."""
+    rng = random.Random(f"{seed}:{size}:{slot}")
+    objects: list[str] = []
+    frame_objects: list[str] = []
+    total = 0
+    while total < size or not objects:
+        object_uuid = uuid.UUID(int=rng.getrandbits(128), version=4)
+        kind = rng.choice(_OBJECT_CLASSES)
+        values = json.dumps([round(rng.uniform(-50.0, 50.0), 3) for _ in range(10)])
+        objects.append(f'"{object_uuid}": {{"name": "{kind}-{len(objects)}", "type": "{kind}"}}')
+        frame_objects.append(
+            f'"{object_uuid}": {{"object_data": {{"cuboid": '
+            f'[{{"name": "cuboid-3d", "val": {values}}}]}}}}'
+        )
+        total += len(objects[-1]) + len(frame_objects[-1]) + 4
+    return (
+        '"objects": {'
+        + ", ".join(objects)
+        + '}, "frames": {"0": {"objects": {'
+        + ", ".join(frame_objects)
+        + '}, "frame_properties": {"timestamp": 0.0}}}'
+    ).encode()
+
+
+def _openlabel(
+    project: KognicProject, scene_uuid: str, annotation_type: str, version: int
+) -> bytes:
+    """The OpenLABEL document of one annotation version: a header spliced onto a payload."""
+    metadata = json.dumps(
+        {
+            "schema_version": "1.0.0",
+            "name": scene_uuid,
+            "project": project.project,
+            "annotation_type": annotation_type,
+            "version": version,
+        }
+    ).encode()
+    slot = zlib.crc32(f"{scene_uuid}:{annotation_type}:{version}".encode())
+    payload_size = max(0, project.content_size - len(metadata) - 40)
+    payload = _payload(project.seed, payload_size, slot % _payload_slots(payload_size))
+    return b'{"openlabel": {"metadata": ' + metadata + b", " + payload + b"}}"
+
+
+class FakeKognic(FakeServer):
+    """The fake Kognic platform; use as ``async with FakeKognic() as kognic: ...``.
+
+    Args:
+        projects: The projects it serves.
+        client_id: The OAuth client id it accepts.
+        client_secret: The OAuth client secret it accepts.
+        token_ttl: Lifetime of access tokens, seconds.
+        url_ttl: Lifetime of signed storage URLs, seconds (one-second resolution).
+        host: Loopback address to listen on.
+    """
+
+    def __init__(
+        self,
+        *,
+        projects: Sequence[KognicProject] = (KognicProject(),),
+        client_id: str = "fake-client-id",
+        client_secret: str = "fake-client-secret",
+        token_ttl: float = 3600.0,
+        url_ttl: float = 3600.0,
+        host: str = "127.0.0.1",
+    ) -> None:
+        super().__init__(host=host)
+        self._projects = {project.project: project for project in projects}
+        if len(self._projects) != len(projects):
+            raise ValueError("project names must be unique")
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.token_ttl = token_ttl
+        self.faults = FaultPlan()
+        self.stats = KognicStats()
+        self._signer = UrlSigner(ttl=url_ttl)
+        self._tokens: dict[str, float] = {}
+        self._versions: dict[tuple[str, str], int] = {}
+        self._urls: dict[str, str] = {}
+
+    # -- public helpers for tests -------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the annotation API."""
+        return self._url("api")
+
+    @property
+    def auth_url(self) -> str:
+        """Base URL of the OAuth server."""
+        return self._url("auth")
+
+    @property
+    def storage_url(self) -> str:
+        """Base URL of the signed-URL storage."""
+        return self._url("storage")
+
+    def _url(self, name: str) -> str:
+        try:
+            return self._urls[name]
+        except KeyError:
+            raise RuntimeError("FakeKognic is not started") from None
+
+    def credentials_file_content(self) -> dict[str, str]:
+        """The JSON object of a ``KOGNIC_CREDENTIALS`` file for this fake.
+
+        ``issuer`` is the fake's auth URL (the real one names the auth host).
+        """
+        return {
+            "clientId": self.client_id,
+            "clientSecret": self.client_secret,
+            "email": "fake-user@annopull.invalid",
+            "userId": "1",
+            "issuer": self.auth_url,
+        }
+
+    def expected(
+        self, project: str, annotation_type: str, batch: str | None = None
+    ) -> Iterator[ExpectedAnnotation]:
+        """Yield every annotation the search lists, in listing order, with its content."""
+        spec = self._project(project)
+        self._check_type(spec, annotation_type)
+        for index in self._indices(spec, batch):
+            scene = _scene_uuid(spec.seed, spec.project, index)
+            version = self._versions.get((spec.project, scene), 0)
+            yield ExpectedAnnotation(
+                scene_uuid=scene,
+                annotation_type=annotation_type,
+                created=_created(index, version),
+                content=_openlabel(spec, scene, annotation_type, version),
+            )
+
+    def content(self, project: str, scene_uuid: str, annotation_type: str) -> bytes:
+        """The current content of one annotation."""
+        spec = self._project(project)
+        self._check_type(spec, annotation_type)
+        if self._find_index(spec, scene_uuid) is None:
+            raise KeyError(f"no scene {scene_uuid} in project {project!r}")
+        version = self._versions.get((project, scene_uuid), 0)
+        return _openlabel(spec, scene_uuid, annotation_type, version)
+
+    def update_scenes(self, project: str, scene_uuids: Iterable[str]) -> None:
+        """Give these scenes a new version: a later ``created`` and different content."""
+        spec = self._project(project)
+        for scene in scene_uuids:
+            if self._find_index(spec, scene) is None:
+                raise KeyError(f"no scene {scene} in project {project!r}")
+            key = (project, scene)
+            self._versions[key] = self._versions.get(key, 0) + 1
+
+    def expire_tokens(self) -> None:
+        """Make every token issued so far answer 401."""
+        self._tokens.clear()
+
+    # -- model ----------------------------------------------------------------------
+
+    def _project(self, name: str) -> KognicProject:
+        try:
+            return self._projects[name]
+        except KeyError:
+            raise KeyError(f"no project {name!r}") from None
+
+    @staticmethod
+    def _check_type(spec: KognicProject, annotation_type: str) -> None:
+        if annotation_type not in spec.annotation_types:
+            raise KeyError(f"no annotation type {annotation_type!r} in {spec.project!r}")
+
+    @staticmethod
+    def _indices(spec: KognicProject, batch: str | None) -> range:
+        if batch is None:
+            return range(spec.count)
+        if batch not in spec.batches:
+            raise KeyError(f"no batch {batch!r} in {spec.project!r}")
+        return range(spec.batches.index(batch), spec.count, len(spec.batches))
+
+    @staticmethod
+    def _find_index(spec: KognicProject, scene_uuid: str) -> int | None:
+        index = _scene_index(spec.seed, spec.project, scene_uuid)
+        if index is None or index >= spec.count:
+            return None
+        return index if _scene_uuid(spec.seed, spec.project, index) == scene_uuid else None
+
+    def _locate(self, scene_uuid: str) -> tuple[KognicProject, int] | None:
+        for spec in self._projects.values():
+            index = self._find_index(spec, scene_uuid)
+            if index is not None:
+                return spec, index
+        return None
+
+    # -- servers --------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        self._urls["auth"] = await self._listen([web.post("/v1/auth/oauth/token", self._token)])
+        prefix = "/v1/annotations"
+        self._urls["api"] = await self._listen(
+            [
+                web.get(
+                    prefix + "/projects/{project}/annotation-type/{atype}/search", self._search
+                ),
+                web.get(
+                    prefix + "/projects/{project}/batch/{batch}/annotation-type/{atype}/search",
+                    self._search,
+                ),
+                web.get(prefix + "/inputs/{scene}/annotation-type/{atype}", self._single),
+            ]
+        )
+        self._urls["storage"] = await self._listen(
+            [web.get("/o/{project}/{atype}/{scene}/{version}", self._storage)]
+        )
+
+    async def close(self) -> None:
+        """Stop the servers."""
+        await super().close()
+        self._urls.clear()
+
+    def _unauthorized(self, message: str) -> web.Response:
+        self.stats.unauthorized += 1
+        return json_error(401, message)
+
+    def _check_bearer(self, request: web.Request) -> web.Response | None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return self._unauthorized("missing bearer token")
+        expiry = self._tokens.get(token)
+        if expiry is None or time.monotonic() >= expiry:
+            return self._unauthorized("token is unknown or expired")
+        return None
+
+    async def _token(self, request: web.Request) -> web.StreamResponse:
+        self.stats.token_requests += 1
+        form = await request.post()
+        client_id = str(form.get("client_id", ""))
+        fault = self.faults.take("token", client_id)
+        if (answer := await fault_answer(fault)) is not None:
+            return answer
+        if form.get("grant_type") != "client_credentials":
+            return json_error(400, "grant_type must be client_credentials")
+        secret = str(form.get("client_secret", ""))
+        if not (
+            secrets.compare_digest(client_id, self.client_id)
+            and secrets.compare_digest(secret, self.client_secret)
+        ):
+            return self._unauthorized("invalid client credentials")
+        token = secrets.token_urlsafe(24)
+        self._tokens[token] = time.monotonic() + self.token_ttl
+        ttl = int(self.token_ttl) if self.token_ttl.is_integer() else self.token_ttl
+        body = {"access_token": token, "token_type": "Bearer", "expires_in": ttl}
+        return await send_json(request, body, fault=fault)
+
+    async def _search(self, request: web.Request) -> web.StreamResponse:
+        self.stats.search_requests += 1
+        info = request.match_info
+        fault = self.faults.take("search", info["project"])
+        if (answer := await fault_answer(fault)) is not None:
+            return answer
+        if (denied := self._check_bearer(request)) is not None:
+            return denied
+        try:
+            spec = self._project(info["project"])
+            self._check_type(spec, info["atype"])
+            indices = self._indices(spec, info.get("batch"))
+        except KeyError as exc:
+            return json_error(404, str(exc.args[0]))
+        cursor = request.query.get("cursorId", "0")
+        if not cursor.isdigit():
+            return json_error(400, f"invalid cursorId {cursor!r}")
+        offset = int(cursor)
+        end = offset + spec.page_size
+        items = [self._item(spec, index, info["atype"]) for index in indices[offset:end]]
+        next_cursor = str(end) if end < len(indices) else None
+        body = {"data": items, "metadata": {"nextCursorId": next_cursor}}
+        return await send_json(request, body, fault=fault)
+
+    def _item(self, spec: KognicProject, index: int, annotation_type: str) -> dict[str, str]:
+        scene = _scene_uuid(spec.seed, spec.project, index)
+        version = self._versions.get((spec.project, scene), 0)
+        path = "/o/" + "/".join(
+            quote(part, safe="") for part in (spec.project, annotation_type, scene, f"v{version}")
+        )
+        return {
+            "inputUuid": scene,
+            "annotationType": annotation_type,
+            "created": _created(index, version),
+            "uri": self._signer.sign(self.storage_url, path),
+        }
+
+    async def _single(self, request: web.Request) -> web.StreamResponse:
+        scene, annotation_type = request.match_info["scene"], request.match_info["atype"]
+        # The single-annotation call fetches content, so "content" faults apply to it.
+        fault = self.faults.take("content", scene)
+        if (answer := await fault_answer(fault)) is not None:
+            return answer
+        if (denied := self._check_bearer(request)) is not None:
+            return denied
+        located = self._locate(scene)
+        if located is None or annotation_type not in located[0].annotation_types:
+            return json_error(404, f"no annotation {annotation_type!r} for scene {scene}")
+        spec, index = located
+        item = self._item(spec, index, annotation_type)
+        del item["uri"]
+        version = self._versions.get((spec.project, scene), 0)
+        # Splice the content bytes in rather than parsing and re-encoding them.
+        head = json.dumps({"data": item}).encode()[:-2]
+        body = head + b', "content": ' + _openlabel(spec, scene, annotation_type, version) + b"}}"
+        response, _ = await send_body(request, body, content_type="application/json", fault=fault)
+        return response
+
+    async def _storage(self, request: web.Request) -> web.StreamResponse:
+        info = request.match_info
+        self.stats.content_requests[info["scene"]] += 1
+        if (rejected := reject_auth_header(request)) is not None:
+            self.stats.storage_requests_with_auth_header += 1
+            return rejected
+        fault = self.faults.take("content", info["scene"])
+        if (answer := await fault_answer(fault)) is not None:
+            return answer
+        if (denied := self._signer.check(request)) is not None:
+            return denied
+        spec = self._projects.get(info["project"])
+        version = info["version"].removeprefix("v")
+        if (
+            spec is None
+            or info["atype"] not in spec.annotation_types
+            or self._find_index(spec, info["scene"]) is None
+            or not version.isdigit()
+        ):
+            return json_error(404, "no such object")
+        body = _openlabel(spec, info["scene"], info["atype"], int(version))
+        response, sent = await send_body(
+            request, body, content_type="application/json", fault=fault, ranges=True
+        )
+        self.stats.content_bytes += sent
+        return response
