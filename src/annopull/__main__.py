@@ -1,0 +1,3 @@
+from annopull.cli import entry
+
+entry()

@@ -1,0 +1,142 @@
+"""Byte targets for downloads: a spool that spills to disk, and a resumable file.
+
+Both implement :class:`annopull.transport.ByteTarget`, so a retry can cut them back. Disk
+writes go to a worker thread (aiofiles), never blocking the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+import anyio
+
+__all__ = ["FileTarget", "Spool"]
+
+
+class Spool:
+    """Holds one downloaded item: in memory up to ``memory_limit`` bytes, then in a temp file.
+
+    This is what bounds a pull's memory: ``concurrency`` spools of at most ``memory_limit``
+    bytes each, whatever the size of a document or of the export.
+
+    Args:
+        memory_limit: bytes kept in RAM before spilling to a temporary file.
+        directory: where the temporary file goes (the output's folder keeps it on one disk).
+    """
+
+    def __init__(self, *, memory_limit: int, directory: Path | None = None) -> None:
+        self._limit = memory_limit
+        self._directory = directory
+        self._memory = bytearray()
+        self._file: Any = None
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes held."""
+        return self._size
+
+    @property
+    def in_memory(self) -> bool:
+        """True while nothing has spilled to disk."""
+        return self._file is None
+
+    async def write(self, chunk: bytes) -> None:
+        """Append ``chunk``, spilling to disk once the memory limit is passed."""
+        if self._file is None and len(self._memory) + len(chunk) <= self._limit:
+            self._memory += chunk
+        else:
+            if self._file is None:
+                await self._spill()
+            await self._file.write(chunk)
+        self._size += len(chunk)
+
+    async def truncate(self, size: int) -> None:
+        """Keep only the first ``size`` bytes."""
+        if self._file is None:
+            del self._memory[size:]
+        else:
+            await self._file.truncate(size)
+            await self._file.seek(size)
+        self._size = size
+
+    def getvalue(self) -> bytes:
+        """The bytes held, when they are still in memory."""
+        if self._file is not None:
+            raise RuntimeError("spool has spilled to disk; read it with chunks()")
+        return bytes(self._memory)
+
+    async def chunks(self, size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+        """Yield the held bytes in pieces of ``size``."""
+        if self._file is None:
+            view = memoryview(self._memory)
+            for start in range(0, len(view), size):
+                yield bytes(view[start : start + size])
+            return
+        await self._file.seek(0)
+        while chunk := await self._file.read(size):
+            yield chunk
+
+    async def aclose(self) -> None:
+        """Free the memory and delete the temporary file."""
+        self._memory = bytearray()
+        if self._file is not None:
+            file, self._file = self._file, None
+            with anyio.CancelScope(shield=True):
+                await file.close()
+
+    async def _spill(self) -> None:
+        fd, name = await anyio.to_thread.run_sync(
+            lambda: tempfile.mkstemp(prefix=".annopull-spool-", dir=self._directory)
+        )
+        # Unlinked at once: the OS frees it even if the process is killed.
+        os.unlink(name)
+        self._file = await aiofiles.open(fd, "w+b")
+        await self._file.write(bytes(self._memory))
+        self._memory = bytearray()
+
+
+class FileTarget:
+    """A file that a download appends to; ``size`` starts at what is already on disk.
+
+    Args:
+        path: the file; created when missing, kept when present (for Range resume).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+        self._size = 0
+
+    async def __aenter__(self) -> FileTarget:
+        self._file = await aiofiles.open(self.path, "ab")
+        self._size = (await aiofiles.os.stat(self.path)).st_size
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._file.flush()
+            await anyio.to_thread.run_sync(os.fsync, self._file.fileno())
+            await self._file.close()
+
+    @property
+    def size(self) -> int:
+        """Bytes in the file."""
+        return self._size
+
+    async def write(self, chunk: bytes) -> None:
+        """Append ``chunk``."""
+        await self._file.write(chunk)
+        self._size += len(chunk)
+
+    async def truncate(self, size: int) -> None:
+        """Cut the file back to ``size`` bytes (appends continue from there)."""
+        await self._file.flush()
+        await self._file.truncate(size)
+        self._size = size

@@ -1,0 +1,150 @@
+"""The ``annopull`` command: global options, subcommand dispatch, signals and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from annopull.cli import annolab, fake, kognic
+from annopull.cli.common import (
+    EXIT_INTERRUPTED,
+    Context,
+    engine_overrides,
+    exit_code_for,
+    fail,
+)
+from annopull.config import load_config
+from annopull.errors import AnnopullError
+
+__all__ = ["build_parser", "main"]
+
+EPILOG = """\
+exit codes: 0 all arrived, 1 some items failed (kept, listed in --summary),
+            2 usage/config/credentials error, 130 interrupted (resume with --resume)
+
+examples:
+  annopull --fake kognic --project demo --batch demo --annotation-type demo -o out.zip
+  annopull --config my.toml kognic --project P --annotation-type T -o out.zip
+  annopull annolab instruments --owner G --project P -o export.zip
+  annopull fake serve            # the bundled fake platforms, for your own scripts
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to render --help in the docs)."""
+    parser = argparse.ArgumentParser(
+        prog="annopull",
+        description="Pull annotation exports in bulk from Kognic and AnnoLab: fast, "
+        "streaming, resumable.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML settings file (see config.example.toml); env ANNOPULL_<SECTION>_<KEY> "
+        "and flags override it",
+    )
+    parser.add_argument(
+        "--fake",
+        action="store_true",
+        help="start the bundled fake platforms in-process and pull from them "
+        "(no account needed; try it with --project demo --batch demo --annotation-type demo)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    kognic.register(sub)
+    annolab.register(sub)
+    fake.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "sync_command", None) is not None:
+        code: int = args.sync_command(args)
+        return code
+    try:
+        return anyio.run(_run, args)
+    except KeyboardInterrupt:
+        fail("interrupted")
+        return EXIT_INTERRUPTED
+
+
+async def _run(args: argparse.Namespace) -> int:
+    async with AsyncExitStack() as stack:
+        try:
+            ctx = await _context(args, stack)
+        except AnnopullError as exc:
+            fail(str(exc))
+            return exit_code_for(exc)
+        return await _with_signals(args, ctx)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _context(args: argparse.Namespace, stack: AsyncExitStack) -> Context:
+    env = dict(os.environ)
+    overrides: dict[str, dict[str, Any]] = engine_overrides(args)
+    if args.fake:
+        from annopull.testing import FakePlatforms  # the fakes are only loaded when asked for
+
+        fakes = await stack.enter_async_context(FakePlatforms())
+        overrides.update(_fake_overrides(fakes, env))
+    config = load_config(args.config, env=env, overrides=overrides)
+    return Context(config=config, env=env, quiet=bool(getattr(args, "quiet", False)))
+
+
+def _fake_overrides(fakes: Any, env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Point the settings and credentials at in-process fakes."""
+    described = fakes.describe()
+    env.pop("KOGNIC_CREDENTIALS", None)
+    env["KOGNIC_CLIENT_ID"] = described["kognic"]["client_id"]
+    env["KOGNIC_CLIENT_SECRET"] = described["kognic"]["client_secret"]
+    env["ANNOLAB_API_KEY"] = described["annolab"]["api_key"]
+    return {
+        "kognic": {
+            "api_url": described["kognic"]["api_url"],
+            "auth_url": described["kognic"]["auth_url"],
+        },
+        "annolab": {"api_url": described["annolab"]["api_url"], "poll_interval": 0.2},
+    }
+
+
+async def _with_signals(args: argparse.Namespace, ctx: Context) -> int:
+    """Run the command; SIGINT/SIGTERM cancel it so its cleanup keeps what arrived."""
+    code = EXIT_INTERRUPTED
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    fail(f"{signal.Signals(signum).name}: stopping, keeping what arrived")
+                    tg.cancel_scope.cancel()
+                    return
+
+        async def command() -> None:
+            nonlocal code
+            try:
+                code = await args.run(args, ctx)
+            except AnnopullError as exc:
+                fail(str(exc))
+                code = exit_code_for(exc)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        tg.start_soon(command)
+    return code
+
+
+def entry() -> None:  # pragma: no cover - console script shim
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""What every subcommand shares: its context, common options, summaries and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from annopull.client import Client
+from annopull.config import Config
+from annopull.errors import (
+    AnnopullError,
+    AuthError,
+    ConfigError,
+    NotFoundError,
+    ResumeError,
+)
+from annopull.progress import NullProgress, Progress, TerminalProgress
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Command",
+    "Context",
+    "add_engine_options",
+    "exit_code_for",
+    "fail",
+    "make_progress",
+    "write_summary",
+]
+
+EXIT_OK = 0
+#: Some items failed, an export errored, or the job could not finish; what arrived is kept.
+EXIT_FAILED = 1
+#: Usage, configuration or credentials: nothing was attempted that a retry would fix.
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True, kw_only=True)
+class Context:
+    """What a subcommand runs with: settings and the environment credentials come from."""
+
+    config: Config
+    env: Mapping[str, str]
+    quiet: bool
+
+    def client(self) -> Client:
+        """A client over this context's settings (open it with ``async with``)."""
+        return Client(config=self.config, env=self.env)
+
+
+#: A subcommand's entry: parsed arguments and context in, exit code out.
+Command = Callable[[argparse.Namespace, Context], Awaitable[int]]
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Options every pulling subcommand takes (they override the config file)."""
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        metavar="N",
+        help="downloads in flight at once (default from config: 32)",
+    )
+    group.add_argument(
+        "--summary",
+        type=Path,
+        metavar="FILE.json",
+        help="write a JSON summary of the run (counts, each failed item with its reason)",
+    )
+    group.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress display; errors still print"
+    )
+
+
+def engine_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The ``[engine]`` settings given as flags."""
+    return {"engine": {"concurrency": getattr(args, "concurrency", None)}}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def make_progress(ctx: Context, label: str) -> TerminalProgress | None:
+    """The live display for a job, or ``None`` when quiet."""
+    return None if ctx.quiet else TerminalProgress(label)
+
+
+def progress_or_null(progress: TerminalProgress | None) -> Progress:
+    return progress if progress is not None else NullProgress()
+
+
+def exit_code_for(exc: AnnopullError) -> int:
+    """Usage-type errors (settings, credentials, unknown project, bad resume) are exit 2."""
+    if isinstance(exc, ConfigError | AuthError | NotFoundError | ResumeError):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def fail(message: str) -> None:
+    """Print one error line to stderr, as every failure of the CLI does."""
+    print(f"annopull: error: {message}", file=sys.stderr, flush=True)
+
+
+def write_summary(path: Path | None, summary: Mapping[str, Any]) -> None:
+    """Write ``summary`` as JSON, atomically, when the user asked for it."""
+    if path is None:
+        return
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    temp.replace(path)
