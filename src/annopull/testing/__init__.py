@@ -1,0 +1,31 @@
+"""Fake Kognic and AnnoLab servers on loopback, for tests, benchmarks and demos.
+
+Public like ``aiohttp.test_utils``: each fake answers exactly as the platform's API
+contract says, with scripted faults (:class:`Fault`) and request statistics::
+
+    async with FakePlatforms() as fakes:
+        fakes.kognic.faults.add(Fault(target="content", status=503, times=2))
+        ...
+
+``annopull.testing.serve.fake_serve`` runs both from the command line; it is not
+imported here so that ``python -m annopull.testing.serve`` runs cleanly.
+"""
+
+from annopull.testing.annolab import AnnoLabProject, AnnoLabStats, FakeAnnoLab
+from annopull.testing.faults import Fault, FaultPlan
+from annopull.testing.kognic import ExpectedAnnotation, FakeKognic, KognicProject, KognicStats
+from annopull.testing.platforms import FakePlatforms, run_in_thread
+
+__all__ = [
+    "AnnoLabProject",
+    "AnnoLabStats",
+    "ExpectedAnnotation",
+    "FakeAnnoLab",
+    "FakeKognic",
+    "FakePlatforms",
+    "Fault",
+    "FaultPlan",
+    "KognicProject",
+    "KognicStats",
+    "run_in_thread",
+]

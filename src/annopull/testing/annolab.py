@@ -249,7 +249,8 @@ class FakeAnnoLab(FakeServer):
         super().__init__(host=host)
         if not status_sequence:
             raise ValueError("status_sequence must not be empty")
-        self._projects = list(projects)
+        #: The projects served, in the order given.
+        self.projects = tuple(projects)
         self.api_key = api_key
         self.faults = FaultPlan()
         self.stats = AnnoLabStats()
@@ -371,7 +372,7 @@ class FakeAnnoLab(FakeServer):
         return job
 
     def _find_project(self, owner: str, identifier: str | int) -> AnnoLabProject:
-        for number, project in enumerate(self._projects, start=1):
+        for number, project in enumerate(self.projects, start=1):
             if project.owner == owner and identifier in (project.name, number, str(number)):
                 return project
         raise LookupError(f"no project {identifier!r} in group {owner!r}")

@@ -210,6 +210,8 @@ class FakeKognic(FakeServer):
         host: str = "127.0.0.1",
     ) -> None:
         super().__init__(host=host)
+        #: The projects served, in the order given.
+        self.projects = tuple(projects)
         self._projects = {project.project: project for project in projects}
         if len(self._projects) != len(projects):
             raise ValueError("project names must be unique")
