@@ -234,10 +234,10 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
         end = int(last) + 1 if last else size
     except ValueError:
         return None
-    if start < 0 or end <= start:
-        return None
     if start >= size:
         raise LookupError(header)
+    if end <= start:
+        return None
     return start, min(end, size)
 
 
