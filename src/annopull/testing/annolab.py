@@ -230,8 +230,9 @@ class FakeAnnoLab(FakeServer):
         status_sequence: Statuses the polls walk, one step per poll, before the
             terminal ``finished`` (or ``errored``) answer.
         host: Loopback address to listen on.
-        export_size: Pad the PDFs of an instrument export with ``includeFiles`` so the
-            zip is about this many bytes (e.g. 2 GiB for a benchmark).
+        export_size: Size the PDFs of an instrument export with ``includeFiles`` so the
+            zip is about this many bytes (e.g. 2 GiB for a benchmark); overrides the
+            projects' ``pdf_size``.
         url_ttl: Lifetime of signed download URLs, seconds.
     """
 
@@ -408,12 +409,16 @@ class FakeAnnoLab(FakeServer):
         return entries
 
     def _pdf_size(self, project: AnnoLabProject, count: int, listing_size: int) -> int:
-        """Each PDF's size: the project's, or what makes the zip about ``export_size``."""
+        """Each PDF's size: the project's, or what makes the zip about ``export_size``.
+
+        ``export_size`` wins over ``pdf_size`` both ways, so a benchmark gets the zip
+        size it asked for.
+        """
         if self._export_size is None or count == 0:
             return project.pdf_size
         # Headers of a stored entry cost about 100 bytes plus twice its name.
         overhead = listing_size + count * 200
-        return max(project.pdf_size, (self._export_size - overhead) // count)
+        return max(0, (self._export_size - overhead) // count)
 
     @staticmethod
     def _pdf_name(instrument: dict[str, Any]) -> str:
