@@ -1,0 +1,181 @@
+"""``annopull kognic``: pull a project's (or batch's) annotations into a zip, folder or JSONL."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from annopull.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Context,
+    add_engine_options,
+    make_progress,
+    progress_or_null,
+    write_summary,
+)
+from annopull.journal import Journal
+from annopull.progress import format_bytes
+from annopull.sinks import sink_for
+from annopull.sinks.previous import load_previous_versions
+from annopull.sources.kognic import DownloadReport, Selection, parse_shard, parse_time
+
+__all__ = ["register"]
+
+EPILOG = """\
+output kinds (-o):
+  out.zip       a zip, one entry {scene_uuid}.json per annotation (written as out.zip.part,
+                renamed when complete; out.zip.journal beside it while running)
+  -             a zip streamed to stdout
+  folder/       one {scene_uuid}.json file per annotation
+  out.jsonl     one JSON line per annotation: scene_uuid, annotation_type, created, content
+
+examples:
+  annopull --fake kognic --project demo --batch demo --annotation-type demo -o out.zip
+  annopull kognic --project P --annotation-type T -o backfill.zip --resume
+  annopull kognic --project P --annotation-type T -o nightly/ --since 2026-11-01T00:00:00Z
+  annopull kognic --project P --annotation-type T -o day.zip --skip-existing previous.zip
+  annopull kognic --project P --annotation-type T -o part3.zip --shard 3/8
+
+credentials: KOGNIC_CREDENTIALS (a credentials JSON file) or KOGNIC_CLIENT_ID and
+KOGNIC_CLIENT_SECRET.
+"""
+
+
+def register(sub: Any) -> None:
+    """Add the ``kognic`` command."""
+    parser = sub.add_parser(
+        "kognic",
+        help="pull Kognic annotations (OpenLABEL, one document per scene)",
+        description="Pull every annotation of one type from a Kognic project or batch.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = parser.add_argument_group("what to pull")
+    what.add_argument("--project", required=True, help="project identifier")
+    what.add_argument("--annotation-type", required=True, help="annotation type")
+    what.add_argument("--batch", help="only this batch of the project")
+    what.add_argument(
+        "--cartesian",
+        action="store_true",
+        help="ask for ISO 8855 rotated cuboids (useDefaultCartesian=true)",
+    )
+    where = parser.add_argument_group("output")
+    where.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="out.zip, -, folder/ or out.jsonl"
+    )
+    where.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run whose journal is beside OUT (a fresh run if none)",
+    )
+    incremental = parser.add_argument_group("incremental pulls")
+    incremental.add_argument(
+        "--since",
+        type=_time,
+        metavar="TIME",
+        help="only annotations created after TIME (ISO 8601, e.g. 2026-11-01T00:00:00Z)",
+    )
+    incremental.add_argument(
+        "--skip-existing",
+        type=Path,
+        metavar="PATH",
+        help="skip scenes whose annotation is unchanged in PATH (a zip, folder, .jsonl or "
+        ".journal of an earlier pull); listing is still read, downloads are saved",
+    )
+    incremental.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="only shard K of N (1-based; stable hash of the scene uuid), to split one "
+        "project across N processes or machines",
+    )
+    add_engine_options(parser)
+    parser.set_defaults(run=run)
+
+
+def _time(text: str) -> Any:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+async def run(args: argparse.Namespace, ctx: Context) -> int:
+    """Run the pull; exit 0 when every item arrived, 1 when some failed."""
+    sink = sink_for(args.output, compress_level=ctx.config.engine.compress_level)
+    previous: Journal | None = None
+    if args.skip_existing is not None:
+        previous = await anyio.to_thread.run_sync(load_previous_versions, args.skip_existing)
+    selection = Selection(
+        since=args.since,
+        skip=previous.version_of if previous is not None else None,
+        shard=args.shard,
+    )
+    progress = make_progress(ctx, f"kognic {args.project}/{args.annotation_type}")
+    try:
+        async with ctx.client() as client:
+            with progress if progress is not None else _nothing():
+                report = await client.kognic.download(
+                    args.project,
+                    args.annotation_type,
+                    batch=args.batch,
+                    sink=sink,
+                    selection=selection,
+                    resume=args.resume,
+                    cartesian=args.cartesian,
+                    progress=progress_or_null(progress),
+                )
+    except anyio.get_cancelled_exc_class():
+        _hint_resume(sink.description, sys.argv)
+        raise
+    finally:
+        if previous is not None:
+            previous.close()
+    write_summary(args.summary, report.to_dict())
+    _print_summary(report)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+def _print_summary(report: DownloadReport) -> None:
+    rate = report.downloaded / report.elapsed if report.elapsed > 0 else 0.0
+    line = (
+        f"annopull: {report.output}: {report.downloaded} annotations "
+        f"({format_bytes(report.bytes)}) in {report.elapsed:.1f} s ({rate:.0f}/s); "
+        f"{report.skipped} skipped, {len(report.failures)} failed"
+    )
+    if report.failures:
+        line += f" (first: {report.failures[0].item}: {report.failures[0].reason})"
+    print(line, file=sys.stderr, flush=True)
+
+
+def _hint_resume(output: str, argv: list[str]) -> None:
+    command = " ".join(argv[1:]) if len(argv) > 1 else "kognic ..."
+    if output == "stdout":
+        print("annopull: a zip streamed to stdout cannot be resumed", file=sys.stderr)
+        return
+    resume = "" if "--resume" in argv else " --resume"
+    print(
+        f"annopull: what arrived is kept in {output}; continue with: annopull {command}{resume}",
+        file=sys.stderr,
+        flush=True,
+    )

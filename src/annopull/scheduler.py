@@ -1,0 +1,104 @@
+"""Bounded fan-out: many fetches at once, results handed to one writer, memory bounded.
+
+::
+
+    items ──> [producer] ──(buffer: concurrency)──> N × [fetch] ──(buffer)──> [consume]
+
+The producer pulls from the item source (e.g. listing pages) only as fast as the workers
+take items, so the next page is fetched while the current page's contents download, and
+no more than ``concurrency`` items wait, whatever the size of the job. Results go to a
+single consumer (sinks write one entry at a time). Every task belongs to one task group:
+an error in any of them, or a cancellation, stops them all and the results still queued
+are discarded through ``discard``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Generic, TypeVar
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+__all__ = ["Fetched", "fan_out"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Fetched(Generic[T, R]):
+    """An item with what fetching it produced."""
+
+    __slots__ = ("item", "result")
+
+    def __init__(self, item: T, result: R) -> None:
+        self.item = item
+        self.result = result
+
+
+async def fan_out(
+    items: AsyncIterable[T],
+    fetch: Callable[[T], Awaitable[R | None]],
+    consume: Callable[[Fetched[T, R]], Awaitable[None]],
+    *,
+    concurrency: int,
+    discard: Callable[[R], Awaitable[None]] | None = None,
+) -> None:
+    """Fetch ``items`` ``concurrency`` at a time and pass each result to ``consume``.
+
+    Args:
+        items: the work, produced lazily (it is not read ahead more than ``concurrency``).
+        fetch: fetches one item; returns ``None`` to drop it (e.g. a failure it recorded).
+            Any exception it raises stops the whole fan-out.
+        consume: handles one result at a time, in completion order.
+        concurrency: fetches in flight at once.
+        discard: releases a result that will never be consumed (on error or cancel).
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    todo_send, todo_recv = anyio.create_memory_object_stream[T](concurrency)
+    done_send, done_recv = anyio.create_memory_object_stream[Fetched[T, R]](concurrency)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_produce, items, todo_send)
+            async with done_send, todo_recv:
+                for _ in range(concurrency):
+                    tg.start_soon(_work, fetch, todo_recv.clone(), done_send.clone())
+            async for fetched in done_recv:
+                await consume(fetched)
+    finally:
+        if discard is not None:
+            await _drain(done_recv, discard)
+        done_recv.close()
+
+
+async def _produce(items: AsyncIterable[T], send: ObjectSendStream[T]) -> None:
+    async with send:
+        async for item in items:
+            await send.send(item)
+
+
+async def _work(
+    fetch: Callable[[T], Awaitable[R | None]],
+    todo: ObjectReceiveStream[T],
+    done: ObjectSendStream[Fetched[T, R]],
+) -> None:
+    async with todo, done:
+        async for item in todo:
+            result = await fetch(item)
+            if result is not None:
+                await done.send(Fetched(item, result))
+
+
+async def _drain(
+    stream: MemoryObjectReceiveStream[Fetched[T, R]], discard: Callable[[R], Awaitable[None]]
+) -> None:
+    """Release results left in a closed stream's buffer (memory or temp files)."""
+    with anyio.CancelScope(shield=True):
+        while True:
+            try:
+                fetched = stream.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            await discard(fetched.result)
