@@ -347,7 +347,8 @@ class FakeAnnoLab(FakeServer):
         if not isinstance(body, dict):
             return json_error(400, "the body must be a JSON object")
         try:
-            entries = build(body)
+            # Listing thousands of instruments is real work: keep it off the loop.
+            entries = await asyncio.to_thread(build, body)
         except _BadBody as exc:
             return json_error(400, str(exc))
         except LookupError as exc:

@@ -10,6 +10,7 @@ for hundreds of thousands of scenes.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -45,6 +46,8 @@ _EPOCH: Final = datetime(2024, 1, 1, tzinfo=UTC)
 _VERSION_STEP: Final = 10**8
 #: Memory the cached payload bodies of one content size may take.
 _PAYLOAD_CACHE_BYTES: Final = 64 << 20
+#: Content size from which documents are rendered in a worker thread.
+_LARGE_CONTENT: Final = 1 << 20
 _OBJECT_CLASSES: Final = ("car", "pedestrian", "cyclist", "truck", "traffic_sign")
 
 
@@ -185,6 +188,18 @@ def _openlabel(
     payload_size = max(0, project.content_size - len(metadata) - 40)
     payload = _payload(project.seed, payload_size, slot % _payload_slots(payload_size))
     return b'{"openlabel": {"metadata": ' + metadata + b", " + payload + b"}}"
+
+
+async def _render(
+    project: KognicProject, scene_uuid: str, annotation_type: str, version: int
+) -> bytes:
+    """:func:`_openlabel` without blocking the event loop on a large first render.
+
+    Small documents are spliced inline: a thread hop would cost more than the work.
+    """
+    if project.content_size < _LARGE_CONTENT:
+        return _openlabel(project, scene_uuid, annotation_type, version)
+    return await asyncio.to_thread(_openlabel, project, scene_uuid, annotation_type, version)
 
 
 class FakeKognic(FakeServer):
@@ -448,7 +463,8 @@ class FakeKognic(FakeServer):
         version = self._versions.get((spec.project, scene), 0)
         # Splice the content bytes in rather than parsing and re-encoding them.
         head = json.dumps({"data": item}).encode()[:-2]
-        body = head + b', "content": ' + _openlabel(spec, scene, annotation_type, version) + b"}}"
+        content = await _render(spec, scene, annotation_type, version)
+        body = head + b', "content": ' + content + b"}}"
         response, _ = await send_body(request, body, content_type="application/json", fault=fault)
         return response
 
@@ -472,7 +488,7 @@ class FakeKognic(FakeServer):
             or not version.isdigit()
         ):
             return json_error(404, "no such object")
-        body = _openlabel(spec, info["scene"], info["atype"], int(version))
+        body = await _render(spec, info["scene"], info["atype"], int(version))
         response, sent = await send_body(
             request, body, content_type="application/json", fault=fault, ranges=True
         )
