@@ -428,13 +428,15 @@ class AnnoLabSource:
         report = progress or NullProgress()
         if not job.finished:
             job = await self.wait(job, progress=report)
+        # Only a display needs the size up front; without one, spare storage the probe.
+        sized = progress is not None
         into_folder = await _is_folder(output) if extract is None else extract
         path = Path(output)
         if into_folder:
-            return await self._download_into(job, path, report)
+            return await self._download_into(job, path, report, sized=sized)
         await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
         part = path.with_name(path.name + ".part")
-        size, resumed = await self._fetch(job, part, report)
+        size, resumed = await self._fetch(job, part, report, sized=sized)
         entries = await self._verify(part, job, resumed)
         await anyio.Path(part).replace(path)
         return ExportResult(
@@ -446,11 +448,13 @@ class AnnoLabSource:
             entries=entries,
         )
 
-    async def _download_into(self, job: ExportJob, folder: Path, report: Progress) -> ExportResult:
+    async def _download_into(
+        self, job: ExportJob, folder: Path, report: Progress, *, sized: bool
+    ) -> ExportResult:
         await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
         # A fixed name, so a run cut short resumes it; hidden, so it is not taken for output.
         part = folder / f".annopull-{_slug(job.label)}.zip.part"
-        size, resumed = await self._fetch(job, part, report)
+        size, resumed = await self._fetch(job, part, report, sized=sized)
         entries = await self._verify(part, job, resumed)
         report.status(f"{job.label}: extracting")
         extracted = await extract_zip(part, folder)
@@ -466,7 +470,9 @@ class AnnoLabSource:
             files=tuple(extracted.files),
         )
 
-    async def _fetch(self, job: ExportJob, part: Path, report: Progress) -> tuple[int, int]:
+    async def _fetch(
+        self, job: ExportJob, part: Path, report: Progress, *, sized: bool
+    ) -> tuple[int, int]:
         """Stream the zip into ``part``; return its size and the bytes found there first."""
         current = job
 
@@ -480,7 +486,8 @@ class AnnoLabSource:
         assert job.download_url is not None
         async with FileTarget(part) as target:
             resumed = target.size
-            report.expect_bytes(await self._size_of(job))
+            if sized:
+                report.expect_bytes(await self._size_of(job))
             if resumed:
                 report.bytes(resumed)
             report.status(f"{job.label}: downloading" + (" (resuming)" if resumed else ""))
