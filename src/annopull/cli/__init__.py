@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # The fake server parses its own options; everything else must be known here.
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "command", None) == "fake":
+        args.fake_args = [*unknown, *args.fake_args]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "sync_command", None) is not None:
         code: int = args.sync_command(args)
         return code
