@@ -17,8 +17,8 @@ public class ZipInputStreamCheck {
             new BufferedOutputStream(new FileOutputStream(FileDescriptor.out), 1 << 16),
             false, StandardCharsets.UTF_8);
         byte[] buffer = new byte[1 << 16];
-        try (ZipInputStream zip = new ZipInputStream(
-                new BufferedInputStream(System.in, 1 << 16), StandardCharsets.UTF_8)) {
+        BufferedInputStream in = new BufferedInputStream(System.in, 1 << 16);
+        try (ZipInputStream zip = new ZipInputStream(in, StandardCharsets.UTF_8)) {
             ZipEntry entry;
             while ((entry = zip.getNextEntry()) != null) {
                 CRC32 crc = new CRC32();
@@ -29,6 +29,10 @@ public class ZipInputStreamCheck {
                     size += n;
                 }
                 out.printf("%s\t%d\t%08x%n", entry.getName(), size, crc.getValue());
+            }
+            // ZipInputStream stops at the central directory; drain the rest so the writer
+            // of the pipe does not die of SIGPIPE.
+            while (in.read(buffer) > 0) {
             }
         }
         out.flush();
