@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import stat
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from annopull.errors import UnsafeEntryError, ZipFormatError
+from annopull.journal import Journal
+from annopull.sinks.zipread import (
+    extract_zip,
+    iter_jsonl_member,
+    read_entry_comments,
+    verify_zip,
+)
+from annopull.sinks.zipwriter import ZipWriter
+
+
+async def chunks(data: bytes, size: int = 64 << 10) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+ENTRIES = {
+    "a.json": b'{"a": 1}',
+    "scènes/ü.json": b'{"b": 2}' * 1000,
+    "deep/er/c.bin": bytes(range(256)) * 100,
+}
+
+
+async def write_zip(tmp_path: Path, entries: dict[str, bytes], *, compress: bool = True) -> Path:
+    target = tmp_path / "out.zip"
+    journal = Journal.create(tmp_path / "out.journal", kind="zip", fingerprint={})
+    writer = await ZipWriter.open(target, journal=journal)
+    for name, data in entries.items():
+        await writer.add_entry(name, chunks(data), compress=compress, comment=f"c:{name}")
+    await writer.close()
+    return target
+
+
+def stdlib_zip(path: Path, entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in entries:
+            archive.writestr(info, data)
+    return path
+
+
+@pytest.mark.anyio
+async def test_verify_counts_entries_and_bytes(tmp_path: Path) -> None:
+    """verify_zip reads every entry and reports the count and total uncompressed size."""
+    check = await verify_zip(await write_zip(tmp_path, ENTRIES))
+    assert check.entries == 3
+    assert check.total_uncompressed == sum(map(len, ENTRIES.values()))
+
+
+@pytest.mark.anyio
+async def test_verify_names_the_corrupt_entry(tmp_path: Path) -> None:
+    """A flipped data byte is reported as ZipFormatError carrying that entry's name."""
+    path = await write_zip(tmp_path, ENTRIES, compress=False)
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("deep/er/c.bin")
+    raw = bytearray(path.read_bytes())
+    raw[info.header_offset + 30 + len(info.filename) + 500] ^= 0xFF
+    path.write_bytes(raw)
+    with pytest.raises(ZipFormatError) as caught:
+        await verify_zip(path)
+    assert caught.value.item == "deep/er/c.bin"
+
+
+@pytest.mark.anyio
+async def test_verify_rejects_a_non_zip(tmp_path: Path) -> None:
+    """A file that is not a zip raises ZipFormatError, not zipfile.BadZipFile."""
+    path = tmp_path / "not.zip"
+    path.write_bytes(b"hello" * 100)
+    with pytest.raises(ZipFormatError, match="cannot open zip"):
+        await verify_zip(path)
+
+
+@pytest.mark.anyio
+async def test_extract_writes_every_file_and_no_temp_files(tmp_path: Path) -> None:
+    """Extraction recreates each entry byte-identical and leaves no .part files behind."""
+    path = await write_zip(tmp_path, ENTRIES)
+    dest = tmp_path / "dest"
+    report = await extract_zip(path, dest)
+    assert report.files == tuple(dest.resolve() / name for name in ENTRIES)
+    assert report.bytes_written == sum(map(len, ENTRIES.values()))
+    written = {
+        p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*") if p.is_file()
+    }
+    assert written == ENTRIES
+
+
+def _symlink_info() -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo("link")
+    info.create_system = 3
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param("../evil.txt", id="parent"),
+        pytest.param("ok/../../evil.txt", id="nested-parent"),
+        pytest.param("/etc/evil.txt", id="absolute"),
+        pytest.param("C:/evil.txt", id="drive"),
+        pytest.param("a\\..\\..\\evil.txt", id="backslash"),
+        pytest.param(_symlink_info(), id="symlink"),
+    ],
+)
+async def test_extract_refuses_zip_slip_before_writing_anything(
+    tmp_path: Path, bad: zipfile.ZipInfo | str
+) -> None:
+    """One unsafe entry anywhere raises UnsafeEntryError and not a single file is written."""
+    path = stdlib_zip(tmp_path / "evil.zip", [("safe.txt", b"safe"), (bad, b"/etc/passwd")])
+    dest = tmp_path / "dest"
+    with pytest.raises(UnsafeEntryError):
+        await extract_zip(path, dest)
+    assert list(tmp_path.rglob("evil.txt")) == []  # noqa: ASYNC240 - test inspection
+    assert not dest.exists() or list(dest.iterdir()) == []
+
+
+@pytest.mark.anyio
+async def test_extract_refuses_symlinked_folder_in_dest(tmp_path: Path) -> None:
+    """A folder in dest that is a symlink to elsewhere is not followed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "sub").symlink_to(outside)
+    path = stdlib_zip(tmp_path / "x.zip", [("sub/file.txt", b"x")])
+    with pytest.raises(UnsafeEntryError, match="symlinked folder"):
+        await extract_zip(path, dest)
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.anyio
+async def test_jsonl_member_streams_every_object_across_batches(tmp_path: Path) -> None:
+    """A multi-MiB JSON Lines member yields every object in order; blank lines are skipped."""
+    objects = [{"i": i, "label": "ü" * (i % 40)} for i in range(60_000)]
+    body = b"\n".join(orjson.dumps(o) for o in objects) + b"\n\n"
+    path = await write_zip(tmp_path, {"export.jsonl": body, "other": b"x"})
+    seen = [item async for item in iter_jsonl_member(path, "export.jsonl")]
+    assert seen == objects
+
+
+@pytest.mark.anyio
+async def test_jsonl_member_without_final_newline(tmp_path: Path) -> None:
+    """The last line counts even without a trailing newline."""
+    path = await write_zip(tmp_path, {"e.jsonl": b'{"a": 1}\n{"b": 2}'})
+    assert [item async for item in iter_jsonl_member(path, "e.jsonl")] == [{"a": 1}, {"b": 2}]
+
+
+@pytest.mark.anyio
+async def test_jsonl_member_errors_name_member_and_line(tmp_path: Path) -> None:
+    """A bad line is reported with its line number; a missing member as ZipFormatError."""
+    path = await write_zip(tmp_path, {"e.jsonl": b'{"a": 1}\n\n[1, 2]\n'})
+    with pytest.raises(ZipFormatError, match="line 3 is not a JSON object") as caught:
+        _ = [item async for item in iter_jsonl_member(path, "e.jsonl")]
+    assert caught.value.item == "e.jsonl"
+    with pytest.raises(ZipFormatError, match="no member 'absent'"):
+        _ = [item async for item in iter_jsonl_member(path, "absent")]
+
+
+@pytest.mark.anyio
+async def test_read_entry_comments_returns_central_directory_comments(tmp_path: Path) -> None:
+    """Each entry's comment (e.g. the annotation's created) comes back with its name."""
+    path = await write_zip(tmp_path, ENTRIES)
+    assert list(read_entry_comments(path)) == [(name, f"c:{name}") for name in ENTRIES]
