@@ -435,6 +435,9 @@ class _Archive:
 
     def abort(self) -> None:
         """Keep what is written resumable: data durable, journal committed, file closed."""
+        if self.stream.closed:  # finish() got as far as closing the file
+            self.journal.close()
+            return
         try:
             if self.patch:
                 self.checkpoint()
@@ -797,7 +800,16 @@ class ZipWriter:
         async with self._lock:
             self._check_open()
             self._done = True
-            return await anyio.to_thread.run_sync(self._archive.finish, self._part, self._target)
+            try:
+                return await anyio.to_thread.run_sync(
+                    self._archive.finish, self._part, self._target
+                )
+            except BaseException:
+                # A failed close (disk full, cancelled) must still leave a resumable .part:
+                # resume cuts the half-written central directory away.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._archive.abort)
+                raise
 
     async def abort(self) -> None:
         """Stop without finishing: data flushed and fsynced, journal committed, file closed.
