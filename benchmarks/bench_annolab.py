@@ -104,7 +104,15 @@ async def _build_job(described: dict[str, Any]) -> dict[str, Any]:
 
 def _run_child(mode: str, info: dict[str, Any], output: Path) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", mode, json.dumps(info), str(output)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    for _attempt in range(3):
+        done = subprocess.run(command, check=False, capture_output=True, text=True)
+        if done.returncode == 0:
+            break
+        # The baseline has no retries: a dropped connection fails the run; say so, try again.
+        last = done.stderr.strip().splitlines()[-1:] or ["?"]
+        print(f"  ({mode} run failed, repeating: {last[0][:200]})", flush=True)
+    else:
+        raise RuntimeError(f"{mode} child failed 3 times:\n{done.stderr[-3000:]}")
     measured: dict[str, Any] = json.loads(done.stdout)
     output.unlink(missing_ok=True)
     return measured
