@@ -14,14 +14,15 @@ are discarded through ``discard``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-__all__ = ["Fetched", "fan_out"]
+__all__ = ["Fetched", "fan_out", "sole_error"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -60,17 +61,42 @@ async def fan_out(
     todo_send, todo_recv = anyio.create_memory_object_stream[T](concurrency)
     done_send, done_recv = anyio.create_memory_object_stream[Fetched[T, R]](concurrency)
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_produce, items, todo_send)
-            async with done_send, todo_recv:
-                for _ in range(concurrency):
-                    tg.start_soon(_work, fetch, todo_recv.clone(), done_send.clone())
-            async for fetched in done_recv:
-                await consume(fetched)
+        with sole_error():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_produce, items, todo_send)
+                async with done_send, todo_recv:
+                    for _ in range(concurrency):
+                        tg.start_soon(_work, fetch, todo_recv.clone(), done_send.clone())
+                async for fetched in done_recv:
+                    await consume(fetched)
     finally:
         if discard is not None:
             await _drain(done_recv, discard)
         done_recv.close()
+
+
+@contextmanager
+def sole_error() -> Iterator[None]:
+    """Raise the one error inside a task group's exception group as itself.
+
+    anyio wraps even a single failure in a ``BaseExceptionGroup``; callers (and the CLI)
+    catch :class:`~annopull.errors.AnnopullError`, so a group holding exactly one error is
+    unwrapped. Several distinct errors stay grouped.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) != 1:
+            raise
+        raise leaves[0] from leaves[0].__cause__
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 async def _produce(items: AsyncIterable[T], send: ObjectSendStream[T]) -> None:

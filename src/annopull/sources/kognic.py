@@ -26,7 +26,7 @@ from annopull.buffers import Spool
 from annopull.config import KognicConfig
 from annopull.errors import AnnopullError, ApiError, ConfigError, NotFoundError, TransferError
 from annopull.progress import NullProgress, Progress
-from annopull.scheduler import Fetched, fan_out
+from annopull.scheduler import Fetched, fan_out, sole_error
 from annopull.sinks.base import EntryInfo, Sink
 from annopull.transport import AuthProvider, Transport
 
@@ -301,10 +301,11 @@ class KognicSource:
             async with send:
                 await fan_out(refs, fetch, forward, concurrency=limit)
 
-        async with anyio.create_task_group() as tg, receive:
-            tg.start_soon(run)
-            yield receive
-            tg.cancel_scope.cancel()
+        with sole_error():
+            async with anyio.create_task_group() as tg, receive:
+                tg.start_soon(run)
+                yield receive
+                tg.cancel_scope.cancel()
 
     async def download(
         self,
