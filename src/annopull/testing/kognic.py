@@ -211,6 +211,8 @@ class FakeKognic(FakeServer):
         client_secret: The OAuth client secret it accepts.
         token_ttl: Lifetime of access tokens, seconds.
         url_ttl: Lifetime of signed storage URLs, seconds (one-second resolution).
+        latency: Seconds every storage answer waits before it starts, like the round trip
+            to a real cloud store; benchmarks use it to measure what concurrency buys.
         host: Loopback address to listen on.
     """
 
@@ -222,9 +224,11 @@ class FakeKognic(FakeServer):
         client_secret: str = "fake-client-secret",
         token_ttl: float = 3600.0,
         url_ttl: float = 3600.0,
+        latency: float = 0.0,
         host: str = "127.0.0.1",
     ) -> None:
         super().__init__(host=host)
+        self.latency = latency
         #: The projects served, in the order given.
         self.projects = tuple(projects)
         self._projects = {project.project: project for project in projects}
@@ -471,6 +475,8 @@ class FakeKognic(FakeServer):
     async def _storage(self, request: web.Request) -> web.StreamResponse:
         info = request.match_info
         self.stats.content_requests[info["scene"]] += 1
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
         if (rejected := reject_auth_header(request)) is not None:
             self.stats.storage_requests_with_auth_header += 1
             return rejected

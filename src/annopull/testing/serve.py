@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
         default=3600.0,
         help="signed storage URL lifetime, seconds (default: %(default)s)",
     )
+    kognic.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds each storage answer waits, like a real store's round trip "
+        "(default: %(default)s)",
+    )
     annolab = parser.add_argument_group("AnnoLab")
     annolab.add_argument(
         "--annolab-instruments",
@@ -104,6 +111,7 @@ def _platforms(args: argparse.Namespace) -> FakePlatforms:
         ],
         token_ttl=args.token_ttl,
         url_ttl=args.url_ttl,
+        latency=args.latency,
         host=args.host,
     )
     annolab = FakeAnnoLab(
