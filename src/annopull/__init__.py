@@ -1,5 +1,21 @@
-"""annopull: bulk, streaming, resumable pulls of annotation exports."""
+"""annopull: bulk, streaming, resumable pulls of annotation exports from Kognic and AnnoLab.
 
+Start with :class:`Client`; outputs are sinks (:class:`ZipSink`, :class:`DirectorySink`,
+:class:`JsonlSink`); every error derives from :class:`AnnopullError`. The fake platforms for
+offline tests live in :mod:`annopull.testing`.
+"""
+
+from annopull.client import Client
+from annopull.config import (
+    AnnoLabConfig,
+    Config,
+    EngineConfig,
+    KognicConfig,
+    KognicCredentials,
+    RetryPolicy,
+    Secret,
+    load_config,
+)
 from annopull.errors import (
     AnnopullError,
     ApiError,
@@ -12,16 +28,77 @@ from annopull.errors import (
     UnsafeEntryError,
     ZipFormatError,
 )
+from annopull.progress import NullProgress, Progress, TerminalProgress
+from annopull.sinks import (
+    DirectorySink,
+    EntryInfo,
+    JsonlSink,
+    Sink,
+    SinkResult,
+    ZipSink,
+    sink_for,
+)
+from annopull.sources.annolab import (
+    AnnoLabSource,
+    ExportJob,
+    ExportOutcome,
+    ExportRequest,
+    ExportResult,
+    InstrumentsExport,
+    ProjectExport,
+)
+from annopull.sources.kognic import (
+    Annotation,
+    AnnotationRef,
+    DownloadReport,
+    Failure,
+    KognicSource,
+    Selection,
+)
+
+__version__ = "0.1.0"
 
 __all__ = [
+    "AnnoLabConfig",
+    "AnnoLabSource",
     "AnnopullError",
+    "Annotation",
+    "AnnotationRef",
     "ApiError",
     "AuthError",
+    "Client",
+    "Config",
     "ConfigError",
+    "DirectorySink",
+    "DownloadReport",
+    "EngineConfig",
+    "EntryInfo",
     "ExportFailedError",
+    "ExportJob",
+    "ExportOutcome",
+    "ExportRequest",
+    "ExportResult",
+    "Failure",
+    "InstrumentsExport",
+    "JsonlSink",
+    "KognicConfig",
+    "KognicCredentials",
+    "KognicSource",
     "NotFoundError",
+    "NullProgress",
+    "Progress",
+    "ProjectExport",
     "ResumeError",
+    "RetryPolicy",
+    "Secret",
+    "Selection",
+    "Sink",
+    "SinkResult",
+    "TerminalProgress",
     "TransferError",
     "UnsafeEntryError",
     "ZipFormatError",
+    "ZipSink",
+    "load_config",
+    "sink_for",
 ]
