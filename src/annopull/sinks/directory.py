@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import AsyncIterable, Mapping
 from datetime import datetime
@@ -19,6 +20,9 @@ from annopull.sinks.zipwriter import name_candidates, sanitize_entry_name
 __all__ = ["DirectorySink"]
 
 JOURNAL_NAME = ".annopull.journal"
+_TEMP_SUFFIX = ".tmp"
+#: ``.<name>.<8 hex digits>.tmp``: the temporary name of an entry being written.
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}" + re.escape(_TEMP_SUFFIX))
 
 
 class DirectorySink(Sink):
@@ -56,12 +60,15 @@ class DirectorySink(Sink):
         )
         self._journal = journal
         self._checkpointer = Checkpointer(journal, self._sync)
+        if resumed:
+            # A killed run leaves the temporary file of the entry it was writing.
+            await anyio.to_thread.run_sync(_remove_temp_files, self.path)
         return resumed
 
     async def write(self, info: EntryInfo, chunks: AsyncIterable[bytes]) -> str:
         name = self._unique(sanitize_entry_name(info.name))
         final = self.path / name
-        temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+        temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
         await anyio.Path(final.parent).mkdir(parents=True, exist_ok=True)
         size = 0
         try:
@@ -121,6 +128,14 @@ def _place(temp: Path, final: Path, mtime: datetime | None) -> None:
         stamp = mtime.timestamp()
         os.utime(temp, (stamp, stamp))
     os.replace(temp, final)
+
+
+def _remove_temp_files(folder: Path) -> None:
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if _TEMP_NAME.fullmatch(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(root, name))
 
 
 def _fsync_dir(path: Path) -> None:
