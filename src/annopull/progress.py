@@ -17,7 +17,6 @@ from rich.progress import (
     SpinnerColumn,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.progress import (
@@ -121,9 +120,9 @@ class TerminalProgress:
             self._rich = RichProgress(
                 SpinnerColumn(),
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=24),
                 TextColumn("{task.fields[counts]}"),
-                TimeElapsedColumn(),
+                TextColumn("ETA"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[extra]}"),
                 console=Console(file=self._stream),
@@ -202,7 +201,8 @@ class TerminalProgress:
     def _counts(self, now: float) -> str:
         elapsed = max(now - self._started, 1e-9)
         total = f"/{self._items_total}" if self._listing_done else ""
-        items = f"{self.done + self.failed}{total} items" if self._items_total else ""
+        finished = self.done + self.failed
+        items = f"{finished}{total} items ({finished / elapsed:.0f}/s)" if self._items_total else ""
         size = format_bytes(self.byte_count)
         if self._bytes_total:
             size += f"/{format_bytes(self._bytes_total)}"
