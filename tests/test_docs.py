@@ -1,0 +1,56 @@
+"""The documentation files stay true to the code."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+from annopull.cli import build_parser
+from annopull.config import Config, RetryPolicy, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_config_example_is_the_defaults() -> None:
+    """config.example.toml loads to exactly the built-in defaults (so its comments are true)."""
+    assert load_config(ROOT / "config.example.toml", env={}) == Config()
+
+
+def test_config_example_documents_every_setting() -> None:
+    """Every setting of every section appears in config.example.toml, commented or not."""
+    text = (ROOT / "config.example.toml").read_text()
+    sections = {"kognic": Config().kognic, "annolab": Config().annolab, "engine": Config().engine}
+    for section, value in sections.items():
+        names = {f.name for f in dataclasses.fields(value)} - {"retry"}
+        if section == "engine":
+            names |= {f.name for f in dataclasses.fields(RetryPolicy)}
+        for name in names:
+            assert re.search(rf"^#? ?{name} = ", text, re.M), f"[{section}] {name} undocumented"
+    assert set(tomllib.loads(text)) == set(sections)
+
+
+def test_readme_commands_exist() -> None:
+    """The README's marked set-up, demo and test commands are there for .ci/run to run."""
+    readme = (ROOT / "README.md").read_text()
+    for tag, command in [
+        ("setup", "pip install -e '.[dev]'"),
+        ("demo", "annopull --fake kognic --project demo --batch demo --annotation-type demo"),
+        ("test", "pytest"),
+    ]:
+        block = readme.split(f"<!-- ci:{tag} -->", 1)[1].split("```")[1]
+        assert block.strip().startswith(command), tag
+
+
+def test_readme_examples_parse() -> None:
+    """Every `annopull ...` line in the README parses with the real argument parser."""
+    parser = build_parser()
+    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    lines = [m.group(1) for m in re.finditer(r"^(annopull [^#\n]*)", readme, re.M)]
+    assert len(lines) >= 8
+    for line in lines:
+        parsed, unknown = parser.parse_known_args(shlex.split(line)[1:])
+        assert parsed.command, line
+        assert not unknown or parsed.command == "fake", line
