@@ -68,13 +68,26 @@ class ByteTarget(Protocol):
 
 
 class _Retry(Exception):
-    """One attempt failed in a way that another attempt may fix."""
+    """One attempt failed in a way that another attempt may fix.
 
-    def __init__(self, reason: str, *, status: int | None = None, delay: float | None = None):
+    ``free`` marks a repeat the protocol calls for (a fresh token after a 401, a fresh
+    signed URL after a 403), bounded by its own cap: it does not use up an attempt, so
+    ``max_attempts=1`` disables retries without breaking token or URL renewal.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        delay: float | None = None,
+        free: bool = False,
+    ):
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.delay = delay
+        self.free = free
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -204,7 +217,7 @@ class Transport:
                 if resp.status == 401 and auth is not None and sent_auth and not refetched:
                     refetched = True
                     await auth.invalidate(sent_auth)
-                    raise _Retry("credentials refused", status=401, delay=0.0)
+                    raise _Retry("credentials refused", status=401, delay=0.0, free=True)
                 if resp.status >= 400:
                     self._raise_for_status(resp, payload, url=url, item=item)
                 try:
@@ -260,7 +273,7 @@ class Transport:
                         self._raise_for_status(resp, await resp.read(), url=current, item=item)
                     refreshes += 1
                     current = await refresh_url()
-                    raise _Retry("signed URL expired", status=resp.status, delay=0.0)
+                    raise _Retry("signed URL expired", status=resp.status, delay=0.0, free=True)
                 if resp.status == 416 and start:
                     # The bytes on disk do not fit what the server has: start over.
                     await cut_back(0)
@@ -296,7 +309,9 @@ class Transport:
                 raise
             except Exception as exc:
                 retry = exc if isinstance(exc, _Retry) else _classify(exc)
-                if attempt >= policy.max_attempts:
+                if retry.free:
+                    attempt -= 1
+                elif attempt >= policy.max_attempts:
                     raise TransferError(
                         f"giving up: {retry.reason}",
                         url=url(),
