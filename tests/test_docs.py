@@ -48,7 +48,8 @@ def test_readme_examples_parse() -> None:
     """Every `annopull ...` line in the README parses with the real argument parser."""
     parser = build_parser()
     readme = (ROOT / "README.md").read_text().replace("\\\n", " ")
-    lines = [m.group(1) for m in re.finditer(r"^(annopull [^#\n]*)", readme, re.M)]
+    pattern = r"^(annopull (?:--|kognic|annolab|fake)[^#\n]*)"
+    lines = [m.group(1) for m in re.finditer(pattern, readme, re.M)]
     assert len(lines) >= 8
     for line in lines:
         parsed, unknown = parser.parse_known_args(shlex.split(line)[1:])
