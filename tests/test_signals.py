@@ -1,0 +1,94 @@
+"""Graceful stop: SIGINT and SIGTERM exit 130 with a resume hint, keep the run, and it resumes.
+
+The CLI runs as a subprocess against a slowed fake Kognic on a thread of the test process
+(harness in ``test_resume.py``).
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from annopull.testing import KognicProject
+from test_resume import (
+    PROJECT,
+    TYPE,
+    assert_complete,
+    assert_fetched_only_missing,
+    interrupt,
+    journal_of,
+    journaled,
+    partial_of,
+    serve,
+    settled,
+)
+
+CONCURRENCY = 4
+PROJECT_SPEC = KognicProject(
+    project=PROJECT, annotation_types=(TYPE,), count=240, content_size=1200, page_size=40
+)
+
+
+@pytest.mark.parametrize(
+    ("signum", "name", "after"),
+    [
+        pytest.param(signal.SIGINT, "out.zip", 30, id="sigint-zip"),
+        pytest.param(signal.SIGTERM, "out.zip", 90, id="sigterm-zip"),
+        pytest.param(signal.SIGINT, "folder", 60, id="sigint-folder"),
+        pytest.param(signal.SIGTERM, "out.jsonl", 45, id="sigterm-jsonl"),
+    ],
+)
+def test_signal_stops_cleanly_and_resumes(
+    tmp_path: Path, signum: signal.Signals, name: str, after: int
+) -> None:
+    """A signalled pull exits 130 naming --resume, keeps its journal, and resumes to complete."""
+    output = tmp_path / name
+    with serve(tmp_path, PROJECT_SPEC) as pull:
+        pull.slow_down(0.03)
+        stopped = interrupt(pull, output, signum, after=after)
+        assert stopped.returncode == 130, stopped.stderr
+        lines = stopped.stderr.strip().splitlines()
+        assert lines[0] == f"annopull: error: {signum.name}: stopping, keeping what arrived"
+        hint = lines[-1]
+        assert hint.startswith(f"annopull: what arrived is kept in {output}")
+        assert hint.endswith(" --resume")
+        assert f"-o {output}" in hint
+        assert "Traceback" not in stopped.stderr
+
+        # Everything written before the stop is journaled: nothing is lost to the batch.
+        held = journaled(journal_of(output))
+        before = settled(pull)
+        assert partial_of(output).exists()
+        assert 0 < len(held) < PROJECT_SPEC.count
+        # What was fetched but not kept is at most the fetches in flight, the fetched
+        # results queued for the writer, and the entry being written.
+        assert sum(before.values()) - len(held) <= 2 * CONCURRENCY + 1
+
+        pull.fake.faults.clear()
+        done = pull.run(output, "--resume")
+        assert done.returncode == 0, done.stderr
+        assert_complete(pull, output)
+        assert_fetched_only_missing(pull, held, before, pull.requests())
+
+
+def test_second_resume_after_second_signal(tmp_path: Path) -> None:
+    """A resumed run can itself be stopped and resumed again; the zip is still complete."""
+    output = tmp_path / "out.zip"
+    with serve(tmp_path, PROJECT_SPEC) as pull:
+        pull.slow_down(0.03)
+        first = interrupt(pull, output, signal.SIGINT, after=30)
+        assert first.returncode == 130, first.stderr
+        second = interrupt(pull, output, signal.SIGTERM, "--resume", after=110)
+        assert second.returncode == 130, second.stderr
+        held = journaled(journal_of(output))
+        before = settled(pull)
+        assert len(held) > 30
+
+        pull.fake.faults.clear()
+        done = pull.run(output, "--resume")
+        assert done.returncode == 0, done.stderr
+        assert_complete(pull, output)
+        second_run = pull.requests() - before
+        assert set(second_run) == pull.expected().keys() - held.keys()
