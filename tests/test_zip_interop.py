@@ -195,7 +195,8 @@ def build_huge(directory: Path, *, stream: bool) -> Manifest:
         items = {"small-first": b"first"}
         for i in range(3):
             row = await writer.add_entry(f"after-{i}", chunks(payload(i + 1)), compress=i == 0)
-            assert row.offset > 4 * GIB
+            # Deflated zeros shrink to a few MiB: the stream case tests ZIP64 sizes instead.
+            assert stream or row.offset > 4 * GIB
             items[row.name] = payload(i + 1)
         await writer.close()
         crc = 0
