@@ -154,6 +154,9 @@ def main() -> int:
                     results["baseline", size] = _measure(
                         f"aiohttp resp.read() {name}", "baseline", info, args.runs, scratch
                     )
+            except RuntimeError:
+                print(f"  (fake server exit status: {process.poll()})", flush=True)
+                raise
             finally:
                 process.terminate()
                 process.wait(timeout=30)
