@@ -82,6 +82,9 @@ def test_second_resume_after_second_signal(tmp_path: Path) -> None:
         assert first.returncode == 130, first.stderr
         second = interrupt(pull, output, signal.SIGTERM, "--resume", after=110)
         assert second.returncode == 130, second.stderr
+        hint = second.stderr.strip().splitlines()[-1]
+        assert hint.endswith(" --resume")
+        assert hint.count("--resume") == 1, hint
         held = journaled(journal_of(output))
         before = settled(pull)
         assert len(held) > 30
