@@ -1,0 +1,138 @@
+"""The public surface: ``annopull.__all__`` is honest, the error tree holds, the shape works."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import annopull
+from annopull.testing import FakeKognic, KognicProject
+
+pytestmark = pytest.mark.anyio
+
+
+def test_all_is_sorted_and_matches_public_names() -> None:
+    """__all__ is sorted, has no duplicates, and equals the package's public non-module names."""
+    assert annopull.__all__ == sorted(annopull.__all__)
+    assert len(set(annopull.__all__)) == len(annopull.__all__)
+    public = {
+        name
+        for name, value in vars(annopull).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert set(annopull.__all__) == public
+
+
+@pytest.mark.parametrize("name", annopull.__all__)
+def test_every_name_importable(name: str) -> None:
+    """`from annopull import X` works for every name in __all__."""
+    namespace: dict[str, object] = {}
+    exec(f"from annopull import {name}", namespace)
+    assert namespace[name] is getattr(annopull, name)
+
+
+def _isort_key(name: str) -> tuple[int, str]:
+    kind = 0 if name.isupper() else 1 if name[:1].isupper() else 2
+    return kind, name
+
+
+def _modules() -> list[str]:
+    names = (
+        info.name
+        for info in pkgutil.walk_packages(annopull.__path__, prefix="annopull.")
+        if not info.name.endswith("__main__")
+    )
+    return sorted(n for n in names if hasattr(importlib.import_module(n), "__all__"))
+
+
+@pytest.mark.parametrize("module_name", _modules())
+def test_each_module_all_is_sorted_and_defined(module_name: str) -> None:
+    """Every module's __all__ is sorted and names things it defines.
+
+    Plain sorting or ruff's isort-style order (CONSTANTS, Classes, functions) both count.
+    """
+    module = importlib.import_module(module_name)
+    names = module.__all__
+    assert list(names) in (sorted(names), sorted(names, key=_isort_key))
+    missing = [name for name in names if not hasattr(module, name)]
+    assert missing == []
+
+
+def test_the_issue_names_are_public() -> None:
+    """The names the README's library example uses are exported at the top level."""
+    for name in ("Client", "ZipSink", "DirectorySink", "JsonlSink", "DownloadReport", "Config"):
+        assert name in annopull.__all__
+
+
+def test_error_tree() -> None:
+    """Every error derives from AnnopullError; the value-ish ones are also ValueErrors."""
+    errors = [
+        annopull.ApiError,
+        annopull.AuthError,
+        annopull.ConfigError,
+        annopull.ExportFailedError,
+        annopull.NotFoundError,
+        annopull.ResumeError,
+        annopull.TransferError,
+        annopull.UnsafeEntryError,
+        annopull.ZipFormatError,
+    ]
+    assert all(issubclass(cls, annopull.AnnopullError) for cls in errors)
+    assert issubclass(annopull.ConfigError, ValueError)
+    assert issubclass(annopull.ZipFormatError, ValueError)
+    assert issubclass(annopull.NotFoundError, annopull.ApiError)
+    assert issubclass(annopull.NotFoundError, LookupError)
+    assert issubclass(annopull.UnsafeEntryError, annopull.ZipFormatError)
+
+
+def test_error_message_carries_context_without_query() -> None:
+    """An error built with url, status, attempts and item shows them all but the URL's query."""
+    err = annopull.TransferError(
+        "giving up",
+        url="https://store.invalid/o/x.json?X-Goog-Signature=abc&expires=1",
+        status=503,
+        attempts=4,
+        item="scene-1",
+    )
+    assert str(err) == (
+        "giving up (item scene-1, HTTP 503, https://store.invalid/o/x.json, after 4 attempts)"
+    )
+    assert err.url == "https://store.invalid/o/x.json"
+    assert "abc" not in repr(err)
+
+
+async def test_library_shape_end_to_end(tmp_path: Path) -> None:
+    """The issue's library example runs as written: iterate annotations, then one-call download."""
+    project = KognicProject(
+        project="P",
+        batches=("B",),
+        annotation_types=("T",),
+        count=25,
+        page_size=4,
+        content_size=700,
+    )
+    async with FakeKognic(projects=[project]) as fake:
+        env = {"KOGNIC_CLIENT_ID": fake.client_id, "KOGNIC_CLIENT_SECRET": fake.client_secret}
+        overrides = {"kognic": {"api_url": fake.api_url, "auth_url": fake.auth_url}}
+        async with annopull.Client.from_config(env=env, overrides=overrides) as client:
+            seen = {}
+            async with client.kognic.project_annotations("P", "T", batch="B") as annotations:
+                async for ann in annotations:
+                    seen[ann.scene_uuid] = (ann.created, ann.json())
+            report = await client.kognic.download(
+                "P", "T", batch="B", sink=annopull.ZipSink(tmp_path / "out.zip")
+            )
+        expected = list(fake.expected("P", "T", "B"))
+    assert seen == {e.scene_uuid: (e.created, json.loads(e.content)) for e in expected}
+    assert isinstance(report, annopull.DownloadReport)
+    assert (report.ok, report.downloaded) == (True, 25)
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        assert {n: archive.read(n) for n in archive.namelist()} == {
+            f"{e.scene_uuid}.json": e.content for e in expected
+        }
