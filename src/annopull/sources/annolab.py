@@ -540,6 +540,8 @@ class AnnoLabSource:
                 job.download_url, headers={"Range": "bytes=0-0"}
             ) as resp:
                 if resp.status == 206:
+                    # Read the one byte, so the connection ends cleanly for the server too.
+                    await resp.read()
                     total = resp.headers.get("Content-Range", "").rpartition("/")[2]
                     return int(total) if total.isdigit() else None
                 if resp.status == 200:
