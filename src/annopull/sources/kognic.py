@@ -427,19 +427,34 @@ class KognicSource:
             run.progress.listing_done()
 
     async def _fetch(self, ref: AnnotationRef, spool: Spool, progress: Progress) -> None:
+        last = ref.uri
+
+        async def refresh() -> str:
+            nonlocal last
+            last = await self._fresh_uri(ref, stale=last)
+            return last
+
         await self._transport.download(
             ref.uri,
             spool,
-            refresh_url=lambda: self._fresh_uri(ref),
+            refresh_url=refresh,
             on_bytes=progress.bytes,
             item=ref.scene_uuid,
         )
 
-    async def _fresh_uri(self, ref: AnnotationRef) -> str:
-        """A fresh signed URL for ``ref``: its listing page, read again (and kept a minute)."""
+    async def _fresh_uri(self, ref: AnnotationRef, *, stale: str) -> str:
+        """A fresh signed URL for ``ref``: its listing page, read again (and kept a minute).
+
+        A kept page whose URL for ``ref`` is ``stale`` (the one storage just refused) is
+        read again: handing the same expired URL back would only burn the refresh budget.
+        """
         async with self._fresh_lock:
             cached = self._fresh.get(ref.page)
-            if cached is None or time.monotonic() - cached[0] > _FRESH_TTL:
+            if (
+                cached is None
+                or time.monotonic() - cached[0] > _FRESH_TTL
+                or cached[1].get(ref.scene_uuid) == stale
+            ):
                 url, cursor = ref.page
                 refs, _ = await self._page(url, cursor, {})
                 cached = (time.monotonic(), {r.scene_uuid: r.uri for r in refs})
