@@ -531,3 +531,24 @@ def test_expected_is_listing_order() -> None:
     items: list[ExpectedAnnotation] = list(fake.expected("P", "T"))
     assert len({e.scene_uuid for e in items}) == 60
     assert len({e.content for e in items}) == 60
+
+
+async def test_fresh_url_from_cache_expired_too_is_relisted(
+    kognic_client: MakeClient, tmp_path: Path
+) -> None:
+    """A re-listed URL that has itself expired by the time it is used is re-listed again."""
+    project = KognicProject(project="P", annotation_types=("T",), count=2, page_size=2)
+    async with FakeKognic(projects=[project], url_ttl=1) as fake:
+        first, second = list(_expected(fake))
+        # `first` waits out its URL and gets the page re-listed; `second` waits until the
+        # URLs of that re-listing have expired as well.
+        fake.faults.add(
+            Fault(target="content", stall=1.2, match=first),
+            Fault(target="content", stall=2.5, match=second),
+        )
+        async with kognic_client(fake, concurrency=2) as client:
+            report = await client.kognic.download("P", "T", sink=ZipSink(tmp_path / "o.zip"))
+        expected = _expected(fake)
+        assert fake.stats.search_requests == 3
+    assert report.ok, report.failures
+    assert _zip_entries(tmp_path / "o.zip") == _as_entries(expected)
