@@ -80,10 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.sync_command(args)
         return code
     try:
-        return anyio.run(_run, args)
+        code = anyio.run(_run, args)
     except KeyboardInterrupt:
         fail("interrupted")
-        return EXIT_INTERRUPTED
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        # What arrived is kept and the hint printed: a repeated Ctrl-C while the interpreter
+        # shuts down must not turn exit 130 into death by signal.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return code
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -126,28 +132,39 @@ def _fake_overrides(fakes: Any, env: dict[str, str]) -> dict[str, dict[str, Any]
 
 
 async def _with_signals(args: argparse.Namespace, ctx: Context) -> int:
-    """Run the command; SIGINT/SIGTERM cancel it so its cleanup keeps what arrived."""
+    """Run the command; SIGINT/SIGTERM cancel it so its cleanup keeps what arrived.
+
+    The receiver stays open until the command's cleanup is over: a second Ctrl-C must not
+    raise KeyboardInterrupt into the cleanup, which would lose the resume hint and exit 130.
+    """
     code = EXIT_INTERRUPTED
-    async with anyio.create_task_group() as tg:
+    command_scope = anyio.CancelScope()
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
 
-        async def watch() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async def watch() -> None:
+                stopping = False
                 async for signum in signals:
-                    fail(f"{signal.Signals(signum).name}: stopping, keeping what arrived")
-                    tg.cancel_scope.cancel()
-                    return
+                    name = signal.Signals(signum).name
+                    if stopping:
+                        fail(f"{name}: already stopping, keeping what arrived")
+                        continue
+                    stopping = True
+                    fail(f"{name}: stopping, keeping what arrived")
+                    command_scope.cancel()
 
-        async def command() -> None:
-            nonlocal code
-            try:
-                code = await args.run(args, ctx)
-            except AnnopullError as exc:
-                fail(str(exc))
-                code = exit_code_for(exc)
-            tg.cancel_scope.cancel()
+            async def command() -> None:
+                nonlocal code
+                with command_scope:
+                    try:
+                        code = await args.run(args, ctx)
+                    except AnnopullError as exc:
+                        fail(str(exc))
+                        code = exit_code_for(exc)
+                tg.cancel_scope.cancel()
 
-        tg.start_soon(watch)
-        tg.start_soon(command)
+            tg.start_soon(watch)
+            tg.start_soon(command)
     return code
 
 
