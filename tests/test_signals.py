@@ -7,6 +7,7 @@ The CLI runs as a subprocess against a slowed fake Kognic on a thread of the tes
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from test_resume import (
     partial_of,
     serve,
     settled,
+    wait_for,
 )
 
 CONCURRENCY = 4
@@ -95,3 +97,29 @@ def test_second_resume_after_second_signal(tmp_path: Path) -> None:
         assert_complete(pull, output)
         second_run = pull.requests() - before
         assert set(second_run) == pull.expected().keys() - held.keys()
+
+
+def test_repeated_signal_still_exits_130_with_hint(tmp_path: Path) -> None:
+    """A second Ctrl-C or SIGTERM during the stop neither kills the cleanup nor the hint."""
+    with serve(tmp_path, PROJECT_SPEC) as pull:
+        pull.slow_down(0.03)
+        for n, (gap, second) in enumerate(
+            [(0.0, signal.SIGINT), (0.01, signal.SIGTERM), (0.03, signal.SIGINT)]
+        ):
+            output = tmp_path / f"out{n}.zip"
+            target = pull.requests().total() + 30
+            process = pull.start(output)
+            wait_for(lambda t=target: pull.requests().total() >= t, process)
+            process.send_signal(signal.SIGINT)
+            time.sleep(gap)
+            process.send_signal(second)
+            _, err = process.communicate(timeout=30)
+            assert process.returncode == 130, (gap, err)
+            assert "Traceback" not in err
+            assert err.strip().splitlines()[-1].endswith(" --resume"), (gap, err)
+            assert journaled(journal_of(output))
+
+        pull.fake.faults.clear()
+        done = pull.run(output, "--resume")
+        assert done.returncode == 0, done.stderr
+        assert_complete(pull, output)
