@@ -481,10 +481,10 @@ async def test_fan_out_bounds_concurrency_and_read_ahead() -> None:
         in_flight -= 1
         return i * 2
 
-    async def consume(done: Fetched[int, int]) -> None:
+    async def consume(batch: list[Fetched[int, int]]) -> None:
         # Read-ahead: produced items never exceed consumed + the two buffers + workers.
         assert produced <= len(consumed) + 4 * 3 + 1
-        consumed.append(done.result)
+        consumed.extend(done.result for done in batch)
 
     await fan_out(items(), fetch, consume, concurrency=4)
     assert peak == 4
@@ -507,8 +507,8 @@ async def test_fan_out_error_stops_all_and_discards() -> None:
             return None  # dropped: never consumed, never discarded
         return i
 
-    async def consume(done: Fetched[int, int]) -> None:
-        consumed.append(done.result)
+    async def consume(batch: list[Fetched[int, int]]) -> None:
+        consumed.extend(done.result for done in batch)
         await anyio.sleep(0.01)
 
     with pytest.raises(KeyError, match="boom"):

@@ -41,20 +41,25 @@ class Fetched(Generic[T, R]):
 async def fan_out(
     items: AsyncIterable[T],
     fetch: Callable[[T], Awaitable[R | None]],
-    consume: Callable[[Fetched[T, R]], Awaitable[None]],
+    consume: Callable[[list[Fetched[T, R]]], Awaitable[None]],
     *,
     concurrency: int,
     discard: Callable[[R], Awaitable[None]] | None = None,
+    batch: int = 64,
 ) -> None:
-    """Fetch ``items`` ``concurrency`` at a time and pass each result to ``consume``.
+    """Fetch ``items`` ``concurrency`` at a time and pass the results to ``consume``.
 
     Args:
         items: the work, produced lazily (it is not read ahead more than ``concurrency``).
         fetch: fetches one item; returns ``None`` to drop it (e.g. a failure it recorded).
             Any exception it raises stops the whole fan-out.
-        consume: handles one result at a time, in completion order.
+        consume: handles the results, in completion order, a list at a time: whatever has
+            arrived while it was busy, up to ``batch``, so that a consumer with a per-call
+            cost (a worker-thread hop) pays it once for many small results. It releases
+            the results it was given, even when it fails.
         concurrency: fetches in flight at once.
         discard: releases a result that will never be consumed (on error or cancel).
+        batch: the most results handed to ``consume`` at once.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -68,11 +73,23 @@ async def fan_out(
                     for _ in range(concurrency):
                         tg.start_soon(_work, fetch, todo_recv.clone(), done_send.clone())
                 async for fetched in done_recv:
-                    await consume(fetched)
+                    await consume(_take_ready(done_recv, [fetched], batch))
     finally:
         if discard is not None:
             await _drain(done_recv, discard)
         done_recv.close()
+
+
+def _take_ready(
+    stream: MemoryObjectReceiveStream[Fetched[T, R]], taken: list[Fetched[T, R]], limit: int
+) -> list[Fetched[T, R]]:
+    """Add to ``taken`` what ``stream`` holds right now, without waiting, up to ``limit``."""
+    while len(taken) < limit:
+        try:
+            taken.append(stream.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            break
+    return taken
 
 
 @contextmanager

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import AsyncIterable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import anyio
 
-from annopull.errors import ResumeError
+from annopull.errors import ResumeError, TransferError
 from annopull.journal import Journal
 
 __all__ = ["Checkpointer", "EntryInfo", "Sink", "SinkResult"]
@@ -97,6 +97,24 @@ class Sink(abc.ABC):
     async def write(self, info: EntryInfo, chunks: AsyncIterable[bytes]) -> str:
         """Write one entry and return the name it got in the output."""
 
+    async def write_many(
+        self, entries: Sequence[tuple[EntryInfo, bytes]]
+    ) -> list[str | TransferError]:
+        """Write several entries whose bytes are in memory, in order.
+
+        Returns each entry's name in the output, or, in its place, the
+        :class:`TransferError` that refused that one entry (e.g. content that is not JSON
+        for a JSON Lines output); the others are written all the same. Sinks with a
+        per-call cost (a worker-thread hop) override this to pay it once.
+        """
+        results: list[str | TransferError] = []
+        for info, data in entries:
+            try:
+                results.append(await self.write(info, _single(data)))
+            except TransferError as exc:
+                results.append(exc)
+        return results
+
     @abc.abstractmethod
     async def close(self) -> SinkResult:
         """Finish the output so that it is complete and in its final place."""
@@ -151,6 +169,10 @@ class Sink(abc.ABC):
             lambda: Journal.create(path, kind=self.kind, fingerprint=fingerprint)
         )
         return journal, False
+
+
+async def _single(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 class Checkpointer:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from annopull.errors import TransferError
 from annopull.sinks.base import EntryInfo, Sink, SinkResult
-from annopull.sinks.zipwriter import ZipWriter
+from annopull.sinks.zipwriter import WholeEntry, ZipWriter
 
 __all__ = ["ZipSink"]
 
@@ -73,6 +74,27 @@ class ZipSink(Sink):
             comment=info.version,
         )
         return entry.name
+
+    async def write_many(
+        self, entries: Sequence[tuple[EntryInfo, bytes]]
+    ) -> list[str | TransferError]:
+        """Write in-memory entries with one worker-thread call for the whole batch."""
+        assert self._writer is not None
+        rows = await self._writer.add_whole_entries(
+            [
+                WholeEntry(
+                    name=info.name,
+                    data=data,
+                    mtime=info.mtime,
+                    compress=self._level > 0,
+                    key=info.key,
+                    version=info.version,
+                    comment=info.version,
+                )
+                for info, data in entries
+            ]
+        )
+        return [row.name for row in rows]
 
     async def close(self) -> SinkResult:
         assert self._writer is not None

@@ -294,8 +294,9 @@ class KognicSource:
                 content=spool.getvalue(),
             )
 
-        async def forward(fetched: Fetched[AnnotationRef, Annotation]) -> None:
-            await send.send(fetched.result)
+        async def forward(batch: list[Fetched[AnnotationRef, Annotation]]) -> None:
+            for fetched in batch:
+                await send.send(fetched.result)
 
         async def run() -> None:
             async with send:
@@ -370,16 +371,12 @@ class KognicSource:
                 raise
             return spool
 
-        async def write(fetched: Fetched[AnnotationRef, Spool]) -> None:
-            ref, spool = fetched.item, fetched.result
+        async def write(batch: list[Fetched[AnnotationRef, Spool]]) -> None:
             try:
-                await sink.write(_entry_info(ref, spool.size), spool.chunks())
-            except TransferError as exc:
-                run.fail(ref.scene_uuid, exc)
-                return
+                await _write_batch(sink, batch, run)
             finally:
-                await spool.aclose()
-            run.done(spool.size)
+                for fetched in batch:
+                    await fetched.result.aclose()
 
         async def discard(spool: Spool) -> None:
             await spool.aclose()
@@ -489,6 +486,13 @@ class _Run:
         self.bytes += size
         self.progress.item_done()
 
+    def settle(self, item: str, size: int, outcome: str | AnnopullError) -> None:
+        """Count a written item, or a failed one when ``outcome`` is its error."""
+        if isinstance(outcome, AnnopullError):
+            self.fail(item, outcome)
+        else:
+            self.done(size)
+
     def fail(self, item: str, exc: AnnopullError) -> None:
         self.listed += 1
         self.failures.append(Failure(item=item, reason=str(exc)))
@@ -505,6 +509,24 @@ class _Run:
             elapsed=time.monotonic() - self.started,
             resumed=resumed,
         )
+
+
+async def _write_batch(sink: Sink, batch: list[Fetched[AnnotationRef, Spool]], run: _Run) -> None:
+    """Write fetched items: those in memory together (one sink call), spilled ones streamed."""
+    small = [f for f in batch if f.result.in_memory]
+    entries = [(_entry_info(f.item, f.result.size), f.result.getvalue()) for f in small]
+    for fetched, outcome in zip(small, await sink.write_many(entries), strict=True):
+        run.settle(fetched.item.scene_uuid, fetched.result.size, outcome)
+    for fetched in batch:
+        if fetched.result.in_memory:
+            continue
+        ref, spool = fetched.item, fetched.result
+        written: str | TransferError
+        try:
+            written = await sink.write(_entry_info(ref, spool.size), spool.chunks())
+        except TransferError as exc:
+            written = exc
+        run.settle(ref.scene_uuid, spool.size, written)
 
 
 async def _prepend(
