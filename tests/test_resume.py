@@ -148,7 +148,8 @@ def partial_of(output: Path) -> Path:
 
 def journaled(journal: Path) -> dict[str, str]:
     """Committed ``key -> version`` rows of a journal (what a resume will not fetch again)."""
-    with contextlib.closing(sqlite3.connect(journal, timeout=10)) as conn:
+    uri = f"file:{journal}?mode=rw"  # never create a journal that is not there
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as conn:
         rows = conn.execute("SELECT key, version FROM entries").fetchall()
     return {str(k): str(v) for k, v in rows}
 
@@ -463,3 +464,53 @@ def test_resume_with_nothing_to_resume_runs_fresh(tmp_path: Path) -> None:
         report = orjson.loads(summary.read_bytes())
         assert report["resumed"] is False
         assert report["downloaded"] == SMALL_PROJECT.count
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("out.zip", id="zip"),
+        pytest.param("out.jsonl", id="jsonl"),
+        pytest.param("folder", id="folder"),
+    ],
+)
+def test_sigkill_before_first_commit_then_resume(tmp_path: Path, name: str) -> None:
+    """A run killed before its first journal commit resumes from nothing to a full output."""
+    output = tmp_path / name
+    with serve(tmp_path, SMALL_PROJECT) as pull:
+        pull.slow_down(0.03)
+        process = pull.start(output)
+        wait_for(lambda: pull.requests().total() >= 12, process)
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=10)
+        assert journaled(journal_of(output)) == {}
+        assert partial_of(output).exists()
+        before = settled(pull)
+
+        pull.fake.faults.clear()
+        summary = tmp_path / "summary.json"
+        done = pull.run(output, "--resume", "--summary", str(summary))
+        assert done.returncode == 0, done.stderr
+        assert_complete(pull, output)
+        assert pull.requests() - before == Counter(dict.fromkeys(pull.expected(), 1))
+        assert orjson.loads(summary.read_bytes())["resumed"] is True
+
+
+def test_resume_refuses_a_part_shorter_than_its_journal(tmp_path: Path) -> None:
+    """A .part cut short behind the journal's back is refused (exit 2), not resumed into garbage."""
+    output = tmp_path / "out.zip"
+    with serve(tmp_path, SMALL_PROJECT) as pull:
+        pull.slow_down(0.03)
+        stopped = interrupt(pull, output, signal.SIGINT, after=40)
+        assert stopped.returncode == 130, stopped.stderr
+        part = partial_of(output)
+        with part.open("r+b") as f:
+            f.truncate(part.stat().st_size // 2)
+        left = snapshot(output)
+
+        refused = pull.run(output, "--resume")
+        assert refused.returncode == 2, refused.stderr
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1, refused.stderr
+        assert "journal expects at least" in lines[0]
+        assert snapshot(output) == left
