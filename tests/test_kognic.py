@@ -398,6 +398,22 @@ async def test_expired_signed_urls_relisted(kognic_client: MakeClient, tmp_path:
     assert _zip_entries(tmp_path / "o.zip") == _as_entries(expected)
 
 
+async def test_relisting_keeps_cartesian(kognic_client: MakeClient, tmp_path: Path) -> None:
+    """A page re-listed for fresh URLs asks for the same cuboid convention as the first time."""
+    project = KognicProject(project="P", annotation_types=("T",), count=4, page_size=2)
+    async with FakeKognic(projects=[project], url_ttl=1) as fake:
+        scenes = list(_expected(fake))
+        fake.faults.add(*(Fault(target="content", stall=1.2, match=s) for s in scenes))
+        async with kognic_client(fake, concurrency=4) as client:
+            report = await client.kognic.download(
+                "P", "T", sink=ZipSink(tmp_path / "o.zip"), cartesian=True
+            )
+        stats = fake.stats
+    assert report.ok, report.failures
+    assert stats.search_requests >= 4  # both pages listed again
+    assert stats.cartesian_searches == stats.search_requests
+
+
 @pytest.mark.parametrize(
     "sink_factory",
     [

@@ -46,6 +46,15 @@ _FRESH_PAGES = 8
 _FRESH_TTL = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class PageKey:
+    """One listing page: the search URL, its cursor and its other query parameters."""
+
+    url: str
+    cursor: str | None
+    params: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AnnotationRef:
     """One listed annotation: where its content is, not the content itself."""
@@ -54,8 +63,8 @@ class AnnotationRef:
     annotation_type: str
     created: str
     uri: str = field(repr=False)
-    #: The search URL and cursor of the page that listed it, to re-read for a fresh ``uri``.
-    page: tuple[str, str | None] = field(repr=False, compare=False)
+    #: The page that listed it, to re-read for a fresh ``uri``.
+    page: PageKey = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,9 +199,7 @@ class KognicSource:
         self._transport = transport
         self._config = config
         self._auth = auth
-        self._fresh: OrderedDict[tuple[str, str | None], tuple[float, dict[str, str]]] = (
-            OrderedDict()
-        )
+        self._fresh: OrderedDict[PageKey, tuple[float, dict[str, str]]] = OrderedDict()
         self._fresh_lock = anyio.Lock()
 
     def __repr__(self) -> str:
@@ -400,7 +407,8 @@ class KognicSource:
         body = await self._transport.request_json("GET", url, auth=self._auth, params=params)
         if not isinstance(body, dict) or not isinstance(body.get("data", []), list):
             raise ApiError("search answer is not a page of annotations", url=url)
-        refs = [_ref(item, (url, cursor), url) for item in body.get("data") or []]
+        key = PageKey(url, cursor, tuple(sorted(extra.items())))
+        refs = [_ref(item, key, url) for item in body.get("data") or []]
         next_cursor = (body.get("metadata") or {}).get("nextCursorId")
         return refs, None if next_cursor is None else str(next_cursor)
 
@@ -452,8 +460,8 @@ class KognicSource:
                 or time.monotonic() - cached[0] > _FRESH_TTL
                 or cached[1].get(ref.scene_uuid) == stale
             ):
-                url, cursor = ref.page
-                refs, _ = await self._page(url, cursor, {})
+                page = ref.page
+                refs, _ = await self._page(page.url, page.cursor, dict(page.params))
                 cached = (time.monotonic(), {r.scene_uuid: r.uri for r in refs})
                 self._fresh[ref.page] = cached
                 while len(self._fresh) > _FRESH_PAGES:
@@ -551,7 +559,7 @@ def _unwrap(body: Any) -> Any:
     return body
 
 
-def _ref(item: Any, page: tuple[str, str | None], url: str) -> AnnotationRef:
+def _ref(item: Any, page: PageKey, url: str) -> AnnotationRef:
     try:
         return AnnotationRef(
             scene_uuid=str(item["inputUuid"]),

@@ -102,6 +102,8 @@ class KognicStats:
 
     token_requests: int = 0
     search_requests: int = 0
+    #: Search requests that asked for ISO 8855 cuboids (``useDefaultCartesian=true``).
+    cartesian_searches: int = 0
     #: Storage requests per scene uuid.
     content_requests: Counter[str] = field(default_factory=Counter)
     #: Body bytes storage actually sent.
@@ -415,6 +417,7 @@ class FakeKognic(FakeServer):
 
     async def _search(self, request: web.Request) -> web.StreamResponse:
         self.stats.search_requests += 1
+        self.stats.cartesian_searches += request.query.get("useDefaultCartesian") == "true"
         info = request.match_info
         fault = self.faults.take("search", info["project"])
         if (answer := await fault_answer(fault)) is not None:
