@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import stat
 import zipfile
 from collections.abc import AsyncIterator
@@ -171,3 +172,18 @@ async def test_read_entry_comments_returns_central_directory_comments(tmp_path: 
     """Each entry's comment (e.g. the annotation's created) comes back with its name."""
     path = await write_zip(tmp_path, ENTRIES)
     assert list(read_entry_comments(path)) == [(name, f"c:{name}") for name in ENTRIES]
+
+
+async def test_extracted_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    """Extracted files are readable by others (0644 less the umask), not mkstemp's 0600."""
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("plain.txt", b"x")
+        info = zipfile.ZipInfo("script.sh")
+        info.external_attr = 0o755 << 16
+        zf.writestr(info, b"#!/bin/sh\n")
+    await extract_zip(archive, tmp_path / "out")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out" / "plain.txt").stat().st_mode) == 0o644 & ~umask
+    assert stat.S_IMODE((tmp_path / "out" / "script.sh").stat().st_mode) == 0o755 & ~umask

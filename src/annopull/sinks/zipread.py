@@ -160,12 +160,31 @@ def _extract_one(archive: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path) ->
     try:
         with os.fdopen(fd, "wb") as sink:
             _drain(archive, info, sink)
+            # mkstemp makes 0600 files; give the file the mode a plain write would, like unzip.
+            os.fchmod(sink.fileno(), _file_mode(info))
         os.replace(temp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
     return target
+
+
+def _read_umask() -> int:
+    # Read once at import, on the main thread: os.umask can only be read by setting it, which
+    # would briefly change it for every thread.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
+def _file_mode(info: zipfile.ZipInfo) -> int:
+    """The entry's Unix permission bits (0644 when it has none), less the umask and setuid."""
+    mode = (info.external_attr >> 16) & 0o777 or 0o644
+    return mode & ~_UMASK
 
 
 async def extract_zip(path: Path, dest: Path) -> ExtractReport:
