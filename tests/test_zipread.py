@@ -174,6 +174,7 @@ async def test_read_entry_comments_returns_central_directory_comments(tmp_path: 
     assert list(read_entry_comments(path)) == [(name, f"c:{name}") for name in ENTRIES]
 
 
+@pytest.mark.anyio
 async def test_extracted_files_get_ordinary_permissions(tmp_path: Path) -> None:
     """Extracted files are readable by others (0644 less the umask), not mkstemp's 0600."""
     archive = tmp_path / "a.zip"
