@@ -179,7 +179,7 @@ async def test_extracted_files_get_ordinary_permissions(tmp_path: Path) -> None:
     """Extracted files are readable by others (0644 less the umask), not mkstemp's 0600."""
     archive = tmp_path / "a.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("plain.txt", b"x")
+        zf.writestr(zipfile.ZipInfo("plain.txt"), b"x")  # no Unix mode recorded
         info = zipfile.ZipInfo("script.sh")
         info.external_attr = 0o755 << 16
         zf.writestr(info, b"#!/bin/sh\n")
