@@ -176,13 +176,13 @@ async def test_read_entry_comments_returns_central_directory_comments(tmp_path: 
 
 @pytest.mark.anyio
 async def test_extracted_files_get_ordinary_permissions(tmp_path: Path) -> None:
-    """Extracted files are readable by others (0644 less the umask), not mkstemp's 0600."""
+    """Extracted files get the entry's mode less the umask, not mkstemp's 0600."""
     archive = tmp_path / "a.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr(zipfile.ZipInfo("plain.txt"), b"x")  # no Unix mode recorded
-        info = zipfile.ZipInfo("script.sh")
-        info.external_attr = 0o755 << 16
-        zf.writestr(info, b"#!/bin/sh\n")
+        for name, mode in [("plain.txt", 0o644), ("script.sh", 0o755)]:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = mode << 16
+            zf.writestr(info, b"x")
     await extract_zip(archive, tmp_path / "out")
     umask = os.umask(0o022)
     os.umask(umask)
