@@ -13,6 +13,7 @@ from pathlib import Path
 import aiofiles
 import anyio
 
+from annopull.durability import fsync_path
 from annopull.journal import JournalEntry
 from annopull.sinks.base import Checkpointer, EntryInfo, Sink, SinkResult
 from annopull.sinks.zipwriter import name_candidates, sanitize_entry_name
@@ -99,14 +100,10 @@ class DirectorySink(Sink):
         folders = set()
         for path in self._unsynced:
             with contextlib.suppress(FileNotFoundError):
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_path(path)
             folders.add(path.parent)
         for folder in folders:
-            _fsync_dir(folder)
+            fsync_path(folder)
         self._unsynced.clear()
 
     async def close(self) -> SinkResult:
@@ -136,11 +133,3 @@ def _remove_temp_files(folder: Path) -> None:
             if _TEMP_NAME.fullmatch(name):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(root, name))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -40,6 +40,7 @@ from typing import BinaryIO, Final, Self
 import anyio
 import anyio.to_thread
 
+from annopull.durability import fsync_path
 from annopull.errors import ResumeError, ZipFormatError
 from annopull.journal import Journal, JournalEntry
 
@@ -465,7 +466,7 @@ class _Archive:
             os.fsync(self.stream.fileno())
             self.stream.close()
             os.replace(part, target)
-            _fsync_dir(target.parent)
+            fsync_path(target.parent)  # the rename is durable only once the folder is
         self.journal.delete()
         return ZipResult(path=target, entries=entries, bytes_written=self.offset)
 
@@ -609,15 +610,6 @@ class _Archive:
     def _write(self, data: bytes) -> None:
         self.stream.write(data)
         self.offset += len(data)
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename is only durable once the directory entry is on disk.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _open_part(part: Path, journal: Journal, *, resume: bool) -> tuple[BinaryIO, int]:
