@@ -191,3 +191,19 @@ def read_zip_after(pull: Pull, output: Path, shard: str) -> dict[str, bytes]:
     entries = read_zip(output)
     assert report["downloaded"] == len(entries)
     return entries
+
+
+@pytest.mark.parametrize("name", ["day.zip", "day.jsonl"])
+def test_skip_existing_refuses_its_own_output_file(tmp_path: Path, name: str) -> None:
+    """--skip-existing naming the output file itself exits 2 and leaves that file untouched."""
+    output = tmp_path / name
+    with serve(tmp_path, SPEC) as pull:
+        run_ok(pull, output)
+        before = output.read_bytes()
+        fetched = pull.requests()
+        refused = pull.run(output, "--skip-existing", str(output))
+        assert refused.returncode == 2, refused.stderr
+        assert "is also the output" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert output.read_bytes() == before
+        assert pull.requests() == fetched

@@ -418,7 +418,7 @@ def test_leftover_without_resume_is_refused(tmp_path: Path, name: str) -> None:
 
 
 def test_resume_of_another_run_is_refused(tmp_path: Path) -> None:
-    """--resume whose project, type, batch or shard differ from the journal's exits 2 naming it."""
+    """--resume whose project, type, batch, shard or --since differ from the journal's exits 2."""
     output = tmp_path / "out.zip"
     with serve(tmp_path, SMALL_PROJECT, OTHER_PROJECT) as pull:
         pull.slow_down(0.03)
@@ -433,6 +433,7 @@ def test_resume_of_another_run_is_refused(tmp_path: Path) -> None:
             (["--batch", "b2"], "batch", {}),
             ([], "batch", {}),
             (["--batch", "b1", "--shard", "1/2"], "shard", {}),
+            (["--batch", "b1", "--since", "2024-01-01T00:00:00Z"], "since", {}),
         ]
         for extra, differs, change in cases:
             other = Pull(fake=pull.fake, tmp=tmp_path, **change)

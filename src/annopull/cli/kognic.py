@@ -18,6 +18,7 @@ from annopull.cli.common import (
     progress_or_null,
     write_summary,
 )
+from annopull.errors import ConfigError
 from annopull.journal import Journal
 from annopull.progress import format_bytes
 from annopull.sinks import sink_for
@@ -117,6 +118,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     sink = sink_for(args.output, compress_level=ctx.config.engine.compress_level)
     previous: Journal | None = None
     if args.skip_existing is not None:
+        _check_not_replaced(args.skip_existing, args.output)
         previous = await anyio.to_thread.run_sync(load_previous_versions, args.skip_existing)
     selection = Selection(
         since=args.since,
@@ -146,6 +148,15 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     write_summary(args.summary, report.to_dict())
     _print_summary(report)
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _check_not_replaced(previous: Path, output: str) -> None:
+    """Refuse to compare against the very file this run will replace with only the changes."""
+    if previous.is_file() and Path(output).resolve() == previous.resolve():
+        raise ConfigError(
+            f"--skip-existing {previous} is also the output: the new file would hold only the "
+            "changed scenes and replace it; write to another file (a folder may be both)"
+        )
 
 
 class _nothing:

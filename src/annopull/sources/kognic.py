@@ -354,6 +354,8 @@ class KognicSource:
             "annotation_type": annotation_type,
             "cartesian": str(cartesian).lower(),
             "shard": "/".join(map(str, selection.shard)) if selection and selection.shard else "",
+            # A resume with another --since would leave a mix of two selections in one output.
+            "since": selection.since.isoformat() if selection and selection.since else "",
         }
         listing = self.list_annotations(project, annotation_type, batch=batch, cartesian=cartesian)
         # The first page is read before any output exists, so a wrong project or bad
@@ -394,7 +396,10 @@ class KognicSource:
             with anyio.CancelScope(shield=True):
                 await sink.abort()
             raise
-        result = await sink.close()
+        # Shielded: a stop signal arriving while the output is being finished must not leave
+        # a complete archive looking interrupted; the run then ends as a success.
+        with anyio.CancelScope(shield=True):
+            result = await sink.close()
         return run.report(result.output, resumed=resumed)
 
     # -- internals ---------------------------------------------------------------------
