@@ -9,6 +9,7 @@ into a :class:`~annopull.buffers.Spool`, then go one by one into a sink.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
@@ -292,7 +293,8 @@ class KognicSource:
         send, receive = anyio.create_memory_object_stream[Annotation](limit)
 
         async def fetch(ref: AnnotationRef) -> Annotation:
-            spool = Spool(memory_limit=1 << 62)
+            # The app asked for the content as bytes: it is held in memory whole.
+            spool = Spool(memory_limit=sys.maxsize)
             await self._fetch(ref, spool, NullProgress())
             return Annotation(
                 scene_uuid=ref.scene_uuid,
