@@ -188,3 +188,24 @@ async def test_extracted_files_get_ordinary_permissions(tmp_path: Path) -> None:
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "out" / "plain.txt").stat().st_mode) == 0o644 & ~umask
     assert stat.S_IMODE((tmp_path / "out" / "script.sh").stat().st_mode) == 0o755 & ~umask
+
+
+def test_entry_comments_streamed_past_zip64_count(tmp_path: Path) -> None:
+    """Comments of a 70,000-entry zip (ZIP64 end records) match zipfile's, names in UTF-8."""
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(70_000):
+            info = zipfile.ZipInfo(f"scène-{i}.json")
+            info.comment = f"2024-01-01T00:00:{i % 60:02d}Z".encode()
+            zf.writestr(info, b"{}")
+    with zipfile.ZipFile(archive) as zf:
+        expected = [(i.filename, i.comment.decode()) for i in zf.infolist()]
+    assert list(read_entry_comments(archive)) == expected
+
+
+def test_entry_comments_of_a_non_zip_is_a_clear_error(tmp_path: Path) -> None:
+    """A file that is not a zip raises ZipFormatError naming it, not a struct error."""
+    bogus = tmp_path / "bogus.zip"
+    bogus.write_bytes(b"not a zip at all" * 100)
+    with pytest.raises(ZipFormatError, match="no end of central directory"):
+        list(read_entry_comments(bogus))

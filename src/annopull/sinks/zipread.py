@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import stat
+import struct
 import tempfile
 import zipfile
 import zlib
@@ -295,13 +296,59 @@ async def iter_jsonl_member(path: Path, member: str) -> AsyncIterator[dict[str, 
 def read_entry_comments(path: Path) -> Iterator[tuple[str, str]]:
     """Yield ``(entry name, file comment)`` from the central directory of a finished zip.
 
-    Blocking: call it from a worker thread. Comments are decoded as UTF-8 when the entry's
-    UTF-8 flag is set, else as CP437, like the names.
+    The central directory is read record by record, never whole: a million-entry archive
+    costs no more memory than a small one (stdlib zipfile would hold a ZipInfo per entry).
+    Blocking: call it from a worker thread. Names and comments are decoded as UTF-8 when the
+    entry's UTF-8 flag is set, else as CP437.
 
     Raises:
-        ZipFormatError: the archive cannot be opened.
+        ZipFormatError: the file is not a zip, or its central directory is damaged.
     """
-    with _open_zip(path) as archive:
-        for info in archive.infolist():
-            encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
-            yield info.filename, info.comment.decode(encoding, errors="replace")
+    try:
+        with path.open("rb", buffering=1 << 20) as fh:
+            count, cd_offset = _central_directory_position(fh, path)
+            fh.seek(cd_offset)
+            for _ in range(count):
+                yield _central_record(fh, path)
+    except OSError as exc:
+        raise ZipFormatError(f"cannot read zip: {exc.strerror}", item=str(path)) from None
+
+
+_EOCD: Final = struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR: Final = struct.Struct("<4sLQL")
+_ZIP64_EOCD: Final = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL: Final = struct.Struct("<4s6H3L5H2L")
+
+
+def _central_directory_position(fh: IO[bytes], path: Path) -> tuple[int, int]:
+    """(entry count, central directory offset) from the end records, ZIP64 ones included."""
+    size = fh.seek(0, os.SEEK_END)
+    tail_start = max(0, size - (_EOCD.size + 0xFFFF))
+    fh.seek(tail_start)
+    tail = fh.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + _EOCD.size > len(tail):
+        raise ZipFormatError("not a zip file (no end of central directory)", item=str(path))
+    _, _, _, _, count, _, cd_offset, _ = _EOCD.unpack_from(tail, at)
+    locator_at = at - _ZIP64_LOCATOR.size
+    if locator_at >= 0 and tail[locator_at : locator_at + 4] == b"PK\x06\x07":
+        _, _, eocd64_offset, _ = _ZIP64_LOCATOR.unpack_from(tail, locator_at)
+        fh.seek(eocd64_offset)
+        record = fh.read(_ZIP64_EOCD.size)
+        if len(record) < _ZIP64_EOCD.size or record[:4] != b"PK\x06\x06":
+            raise ZipFormatError("damaged ZIP64 end of central directory", item=str(path))
+        count, cd_offset = _ZIP64_EOCD.unpack(record)[7], _ZIP64_EOCD.unpack(record)[9]
+    return count, cd_offset
+
+
+def _central_record(fh: IO[bytes], path: Path) -> tuple[str, str]:
+    head = fh.read(_CENTRAL.size)
+    if len(head) < _CENTRAL.size or head[:4] != b"PK\x01\x02":
+        raise ZipFormatError("damaged central directory", item=str(path))
+    fields = _CENTRAL.unpack(head)
+    flags, name_len, extra_len, comment_len = fields[3], fields[10], fields[11], fields[12]
+    name = fh.read(name_len)
+    fh.seek(extra_len, os.SEEK_CUR)
+    comment = fh.read(comment_len)
+    encoding = "utf-8" if flags & 0x800 else "cp437"
+    return name.decode(encoding, "replace"), comment.decode(encoding, "replace")
