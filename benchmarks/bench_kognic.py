@@ -49,6 +49,8 @@ def fake_server(count: int, content_size: int, latency: float) -> Iterator[dict[
             str(content_size),
             "--page-size",
             "500",
+            "--latency",
+            str(latency),
         ],
         stdout=subprocess.PIPE,
         text=True,
