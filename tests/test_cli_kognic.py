@@ -402,3 +402,36 @@ def test_readme_main_job_with_fake(
             ["unzip", "-tqq", "out.zip"], capture_output=True, text=True, timeout=60, check=False
         )
         assert test.returncode == 0, test.stdout + test.stderr
+
+
+def test_output_in_a_missing_folder_exit_2(
+    fake: FakeKognic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-o into a folder that does not exist is one line naming the folder, exit 2."""
+    assert _pull(output="missing/out.zip") == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"annopull: error: the output's folder does not exist: {Path('missing')}"
+    ]
+    assert _files(tmp_path) == []
+
+
+def test_unwritable_output_is_one_line_exit_1(
+    fake: FakeKognic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An OS error writing the output (here a folder in the .part's place) is one line, exit 1."""
+    (tmp_path / "out.zip.part").mkdir()
+    assert _pull() == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["annopull: error: Is a directory: out.zip.part"]
+    assert "Traceback" not in err
+
+
+def test_errors_before_the_pull_print_no_progress(
+    fake: FakeKognic, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without -q, a credentials error is still the only line on stderr (no empty progress)."""
+    monkeypatch.delenv("KOGNIC_CLIENT_SECRET")
+    argv = ["kognic", "--project", "P", "--annotation-type", "T", "-o", "out.zip"]
+    assert main(argv) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1

@@ -134,8 +134,10 @@ class TerminalProgress:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._refresh(force=True)
+        # The bar shows its final state; plain output needs no last line, since the
+        # command's one-line summary (or its error) follows.
         if self._rich is not None:
+            self._refresh()
             self._rich.stop()
 
     # -- Progress protocol -------------------------------------------------------------

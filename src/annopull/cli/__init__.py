@@ -15,6 +15,7 @@ import anyio
 
 from annopull.cli import annolab, fake, kognic
 from annopull.cli.common import (
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
     Context,
     engine_overrides,
@@ -23,6 +24,7 @@ from annopull.cli.common import (
 )
 from annopull.config import load_config
 from annopull.errors import AnnopullError
+from annopull.scheduler import sole_error
 
 __all__ = ["build_parser", "main"]
 
@@ -139,7 +141,7 @@ async def _with_signals(args: argparse.Namespace, ctx: Context) -> int:
     """
     code = EXIT_INTERRUPTED
     command_scope = anyio.CancelScope()
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, sole_error():
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
@@ -161,11 +163,20 @@ async def _with_signals(args: argparse.Namespace, ctx: Context) -> int:
                     except AnnopullError as exc:
                         fail(str(exc))
                         code = exit_code_for(exc)
+                    except OSError as exc:
+                        # Disk full, permission denied, a folder gone: the user's to fix.
+                        fail(_describe_os_error(exc))
+                        code = EXIT_FAILED
                 tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
             tg.start_soon(command)
     return code
+
+
+def _describe_os_error(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
 
 
 def entry() -> None:  # pragma: no cover - console script shim

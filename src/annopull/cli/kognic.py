@@ -128,8 +128,9 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     progress = make_progress(ctx, f"kognic {args.project}/{args.annotation_type}")
     try:
         async with ctx.client() as client:
+            kognic = client.kognic  # credentials are checked before any display starts
             with progress if progress is not None else _nothing():
-                report = await client.kognic.download(
+                report = await kognic.download(
                     args.project,
                     args.annotation_type,
                     batch=args.batch,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import anyio
 
-from annopull.errors import ResumeError, TransferError
+from annopull.errors import ConfigError, ResumeError, TransferError
 from annopull.journal import Journal
 
 __all__ = ["Checkpointer", "EntryInfo", "Sink", "SinkResult"]
@@ -149,6 +149,8 @@ class Sink(abc.ABC):
     ) -> tuple[Journal, bool]:
         """The journal for this run: the interrupted run's (resume) or a fresh one."""
         path = self.journal_path
+        if path is not None and not await anyio.Path(path.parent).is_dir():
+            raise ConfigError(f"the output's folder does not exist: {path.parent}")
         if path is None:
             return await anyio.to_thread.run_sync(lambda: Journal.temporary(kind=self.kind)), False
         leftover = await anyio.Path(path).exists() and await anyio.Path(partial).exists()
