@@ -263,7 +263,6 @@ class FakeAnnoLab(FakeServer):
         self._jobs: dict[int, _Job] = {}
         self._next_error: str | None = None
         self._cancel = threading.Event()
-        self._urls: dict[str, str] = {}
 
     @property
     def api_url(self) -> str:
@@ -274,12 +273,6 @@ class FakeAnnoLab(FakeServer):
     def storage_url(self) -> str:
         """Base URL of the signed-URL download storage."""
         return self._url("storage")
-
-    def _url(self, name: str) -> str:
-        try:
-            return self._urls[name]
-        except KeyError:
-            raise RuntimeError("FakeAnnoLab is not started") from None
 
     def fail_next_export(self, error: str = "Export failed: injected error") -> None:
         """Make the next export job end ``errored`` with ``error``."""
@@ -301,14 +294,15 @@ class FakeAnnoLab(FakeServer):
             self._workdir = self._workdir_arg
             await asyncio.to_thread(self._workdir.mkdir, parents=True, exist_ok=True)
         self._cancel.clear()
-        self._urls["api"] = await self._listen(
+        await self._listen(
+            "api",
             [
                 web.post("/v1/export/instruments", self._export_instruments),
                 web.post("/v1/export/project", self._export_project),
                 web.get("/v1/export/status/{id}", self._status),
-            ]
+            ],
         )
-        self._urls["storage"] = await self._listen([web.get("/exports/{id}.zip", self._download)])
+        await self._listen("storage", [web.get("/exports/{id}.zip", self._download)])
 
     async def close(self) -> None:
         """Stop the servers, end running builds and remove a temporary workdir."""

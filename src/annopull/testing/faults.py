@@ -145,21 +145,28 @@ async def start_app(routes: list[web.RouteDef], *, host: str) -> tuple[web.AppRu
 class FakeServer:
     """Base of the fakes: starts their loopback servers, and stops them all on close.
 
-    Subclasses implement :meth:`_serve`, which calls :meth:`_listen` once per
-    server (each on its own port) and keeps the URLs it returns.
+    Subclasses implement :meth:`_serve`, which calls :meth:`_listen` once per named
+    server (each on its own port); :meth:`_url` gives a server's base URL back.
     """
 
     def __init__(self, *, host: str) -> None:
         self.host = check_loopback(host)
         self._runners: list[web.AppRunner] = []
+        self._urls: dict[str, str] = {}
 
     async def _serve(self) -> None:
         raise NotImplementedError
 
-    async def _listen(self, routes: list[web.RouteDef]) -> str:
+    async def _listen(self, name: str, routes: list[web.RouteDef]) -> None:
         runner, url = await start_app(routes, host=self.host)
         self._runners.append(runner)
-        return url
+        self._urls[name] = url
+
+    def _url(self, name: str) -> str:
+        try:
+            return self._urls[name]
+        except KeyError:
+            raise RuntimeError(f"{type(self).__name__} is not started") from None
 
     @property
     def started(self) -> bool:

@@ -244,7 +244,6 @@ class FakeKognic(FakeServer):
         self._signer = UrlSigner(ttl=url_ttl)
         self._tokens: dict[str, float] = {}
         self._versions: dict[tuple[str, str], int] = {}
-        self._urls: dict[str, str] = {}
 
     # -- public helpers for tests -------------------------------------------------
 
@@ -262,12 +261,6 @@ class FakeKognic(FakeServer):
     def storage_url(self) -> str:
         """Base URL of the signed-URL storage."""
         return self._url("storage")
-
-    def _url(self, name: str) -> str:
-        try:
-            return self._urls[name]
-        except KeyError:
-            raise RuntimeError("FakeKognic is not started") from None
 
     def credentials_file_content(self) -> dict[str, str]:
         """The JSON object of a ``KOGNIC_CREDENTIALS`` file for this fake.
@@ -358,9 +351,10 @@ class FakeKognic(FakeServer):
     # -- servers --------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        self._urls["auth"] = await self._listen([web.post("/v1/auth/oauth/token", self._token)])
+        await self._listen("auth", [web.post("/v1/auth/oauth/token", self._token)])
         prefix = "/v1/annotations"
-        self._urls["api"] = await self._listen(
+        await self._listen(
+            "api",
             [
                 web.get(
                     prefix + "/projects/{project}/annotation-type/{atype}/search", self._search
@@ -370,10 +364,10 @@ class FakeKognic(FakeServer):
                     self._search,
                 ),
                 web.get(prefix + "/inputs/{scene}/annotation-type/{atype}", self._single),
-            ]
+            ],
         )
-        self._urls["storage"] = await self._listen(
-            [web.get("/o/{project}/{atype}/{scene}/{version}", self._storage)]
+        await self._listen(
+            "storage", [web.get("/o/{project}/{atype}/{scene}/{version}", self._storage)]
         )
 
     async def close(self) -> None:
