@@ -435,3 +435,40 @@ def test_errors_before_the_pull_print_no_progress(
     argv = ["kognic", "--project", "P", "--annotation-type", "T", "-o", "out.zip"]
     assert main(argv) == 2
     assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_verbose_logs_retries_without_secrets(fake: FakeKognic, tmp_path: Path) -> None:
+    """-v logs each retry and the token fetch, with URLs cut before their signatures."""
+    fake.faults.add(Fault(target="content", status=503, times=2))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "annopull",
+            "-v",
+            "kognic",
+            "--project",
+            "P",
+            "--batch",
+            "a",
+            "--annotation-type",
+            "T",
+            "-o",
+            "out.zip",
+            "-q",
+        ],
+        env={**os.environ, **_env(fake)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    retries = [line for line in done.stderr.splitlines() if "retrying in" in line]
+    assert len(retries) == 2, done.stderr
+    assert all(f"{fake.storage_url}/o/P/T/" in line for line in retries)
+    assert "server answered 503" in retries[0]
+    assert "fetched a Kognic access token" in done.stderr
+    for secret in ("signature=", "expires=", fake.client_secret, "Bearer"):
+        assert secret not in done.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 
 from annopull.config import KognicCredentials, Secret
@@ -9,6 +11,8 @@ from annopull.errors import AnnopullError, AuthError
 from annopull.transport import Transport
 
 __all__ = ["ApiKeyAuth", "KognicTokenManager"]
+
+_log = logging.getLogger(__name__)
 
 TOKEN_PATH = "/v1/auth/oauth/token"
 #: Refresh this long before the token expires, so no request goes out with a dying token.
@@ -77,6 +81,7 @@ class KognicTokenManager:
         self._header = f"Bearer {token}"
         self._refresh_at = anyio.current_time() + max(lifetime - REFRESH_MARGIN, lifetime / 2)
         self.fetches += 1
+        _log.info("fetched a Kognic access token, valid for %.0fs", lifetime)
 
 
 class ApiKeyAuth:

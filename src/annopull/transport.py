@@ -11,6 +11,7 @@ header: signed URLs are credentials of their own, and some stores reject the req
 from __future__ import annotations
 
 import email.utils
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,11 +29,14 @@ from annopull.errors import (
     AuthError,
     NotFoundError,
     TransferError,
+    redact_url,
 )
 
 __all__ = ["AuthProvider", "ByteTarget", "RateLimiter", "Transport", "parse_retry_after"]
 
 T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
 
 #: What the official Kognic client retries on, and what AnnoLab's 429/5xx need.
 RETRY_STATUSES = frozenset({408, 429, *range(500, 512), 598, 599})
@@ -319,7 +323,16 @@ class Transport:
                         attempts=attempt,
                         item=item,
                     ) from exc
-            await anyio.sleep(self._backoff(attempt, retry.delay))
+            delay = self._backoff(attempt, retry.delay)
+            _log.info(
+                "retrying in %.1fs (attempt %d of %d): %s: %s",
+                delay,
+                attempt + 1,
+                policy.max_attempts,
+                redact_url(url()),
+                retry.reason,
+            )
+            await anyio.sleep(delay)
 
     def _backoff(self, attempt: int, hinted: float | None) -> float:
         policy = self._engine.retry

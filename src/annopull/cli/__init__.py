@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the bundled fake platforms in-process and pull from them "
         "(no account needed; try it with --project demo --batch demo --annotation-type demo)",
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log each retry and token refresh to stderr (URLs without their signatures)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     kognic.register(sub)
     annolab.register(sub)
@@ -78,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.fake_args = [*unknown, *args.fake_args]
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="annopull: %(message)s", stream=sys.stderr)
     if getattr(args, "sync_command", None) is not None:
         code: int = args.sync_command(args)
         return code
