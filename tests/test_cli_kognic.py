@@ -472,3 +472,43 @@ def test_verbose_logs_retries_without_secrets(fake: FakeKognic, tmp_path: Path) 
     assert "fetched a Kognic access token" in done.stderr
     for secret in ("signature=", "expires=", fake.client_secret, "Bearer"):
         assert secret not in done.stderr
+
+
+def test_zip_to_a_terminal_is_refused(fake: FakeKognic, tmp_path: Path) -> None:
+    """-o - with stdout on a terminal exits 2 instead of spraying binary at the user."""
+    import pty
+
+    master, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "annopull",
+                "kognic",
+                "--project",
+                "P",
+                "--batch",
+                "a",
+                "--annotation-type",
+                "T",
+                "-o",
+                "-",
+                "-q",
+            ],
+            env={**os.environ, **_env(fake)},
+            cwd=tmp_path,
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(terminal)
+        os.close(master)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "annopull: error: refusing to write a zip to a terminal: redirect stdout, or use -o FILE"
+    ]
+    assert sum(fake.stats.content_requests.values()) == 0

@@ -115,6 +115,8 @@ def _shard(text: str) -> tuple[int, int]:
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     """Run the pull; exit 0 when every item arrived, 1 when some failed."""
+    if args.output == "-" and sys.stdout.isatty():
+        raise ConfigError("refusing to write a zip to a terminal: redirect stdout, or use -o FILE")
     sink = sink_for(args.output, compress_level=ctx.config.engine.compress_level)
     previous: Journal | None = None
     if args.skip_existing is not None:
