@@ -568,3 +568,36 @@ async def test_fresh_url_from_cache_expired_too_is_relisted(
         assert fake.stats.search_requests == 3
     assert report.ok, report.failures
     assert _zip_entries(tmp_path / "o.zip") == _as_entries(expected)
+
+
+async def test_listing_that_does_not_advance_is_an_error() -> None:
+    """A search answer handing back the cursor it was given ends the listing with ApiError."""
+    from aiohttp import web
+
+    from annopull.auth import ApiKeyAuth
+    from annopull.config import EngineConfig, KognicConfig, Secret
+    from annopull.errors import ApiError
+    from annopull.sources.kognic import KognicSource
+    from annopull.testing.faults import start_app
+    from annopull.transport import Transport
+
+    pages: list[str | None] = []
+
+    async def search(request: web.Request) -> web.Response:
+        pages.append(request.query.get("cursorId"))
+        return web.json_response({"data": [], "metadata": {"nextCursorId": "same"}})
+
+    route = "/v1/annotations/projects/P/annotation-type/T/search"
+    runner, url = await start_app([web.get(route, search)], host="127.0.0.1")
+    try:
+        async with Transport(engine=EngineConfig()) as transport:
+            source = KognicSource(
+                transport=transport,
+                config=KognicConfig(api_url=url),
+                auth=ApiKeyAuth(Secret("k")),
+            )
+            with pytest.raises(ApiError, match="did not advance past cursor 'same'"):
+                _ = [ref async for ref in source.list_annotations("P", "T")]
+    finally:
+        await runner.cleanup()
+    assert pages == [None, "same"]

@@ -241,6 +241,9 @@ class KognicSource:
                 yield ref
             if cursor_next is None:
                 return
+            if cursor_next == cursor:
+                # A server that hands back the cursor it was given would loop forever.
+                raise ApiError(f"listing did not advance past cursor {cursor!r}", url=url)
             cursor = cursor_next
 
     async def get_annotation(self, scene_uuid: str, annotation_type: str) -> Annotation:
