@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from annopull.cli.common import (
 from annopull.errors import ConfigError
 from annopull.journal import Journal
 from annopull.progress import format_bytes
-from annopull.sinks import sink_for
+from annopull.sinks import Sink, sink_for
 from annopull.sinks.previous import load_previous_versions
 from annopull.sources.kognic import DownloadReport, Selection, parse_shard, parse_time
 
@@ -143,7 +144,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
                     progress=progress_or_null(progress),
                 )
     except anyio.get_cancelled_exc_class():
-        _hint_resume(sink.description, sys.argv)
+        _hint_resume(sink, sys.argv)
         raise
     finally:
         if previous is not None:
@@ -182,14 +183,16 @@ def _print_summary(report: DownloadReport) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _hint_resume(output: str, argv: list[str]) -> None:
-    command = " ".join(argv[1:]) if len(argv) > 1 else "kognic ..."
-    if output == "stdout":
-        print("annopull: a zip streamed to stdout cannot be resumed", file=sys.stderr)
-        return
-    resume = "" if "--resume" in argv else " --resume"
-    print(
-        f"annopull: what arrived is kept in {output}; continue with: annopull {command}{resume}",
-        file=sys.stderr,
-        flush=True,
-    )
+def _hint_resume(sink: Sink, argv: list[str]) -> None:
+    journal = sink.journal_path
+    if journal is None:
+        hint = "a zip streamed to stdout cannot be resumed"
+    elif not journal.exists():
+        hint = "nothing was written yet; run the same command again"
+    else:
+        command = shlex.join(argv[1:])
+        resume = "" if "--resume" in argv else " --resume"
+        hint = (
+            f"what arrived is kept in {sink.description}; continue with: annopull {command}{resume}"
+        )
+    print(f"annopull: {hint}", file=sys.stderr, flush=True)
