@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from annopull.testing import KognicProject
+from annopull.testing import Fault, KognicProject
 from test_resume import (
     PROJECT,
     TYPE,
@@ -123,3 +123,18 @@ def test_repeated_signal_still_exits_130_with_hint(tmp_path: Path) -> None:
         done = pull.run(output, "--resume")
         assert done.returncode == 0, done.stderr
         assert_complete(pull, output)
+
+
+def test_stop_before_anything_written_says_so(tmp_path: Path) -> None:
+    """SIGINT while the first listing page is read: exit 130, no files, and no false hint."""
+    output = tmp_path / "out.zip"
+    with serve(tmp_path, PROJECT_SPEC) as pull:
+        pull.fake.faults.add(Fault(target="search", stall=5.0))
+        process = pull.start(output)
+        wait_for(lambda: pull.fake.stats.search_requests >= 1, process)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "nothing was written yet; run the same command again" in err
+    assert "--resume" not in err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == []
