@@ -361,6 +361,8 @@ class FakeAnnoLab(FakeServer):
         job = _Job(id=job_id, path=self._workdir / f"export-{job_id}.zip")
         job.error, self._next_error = self._next_error, None
         if job.error is None:
+            # The build outlives the request that started it, as a real export job does; the
+            # fake owns it: close() sets the cancel event and awaits every build.
             job.build = asyncio.create_task(
                 asyncio.to_thread(_write_zip, job.path, entries, self._cancel)
             )
