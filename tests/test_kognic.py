@@ -601,3 +601,58 @@ async def test_listing_that_does_not_advance_is_an_error() -> None:
     finally:
         await runner.cleanup()
     assert pages == [None, "same"]
+
+
+@pytest.mark.parametrize("output", ["o.zip", "o.jsonl", "folder/"])
+async def test_scene_listed_twice_is_written_once(tmp_path: Path, output: str) -> None:
+    """A listing that names a scene on two pages still gives one entry per scene."""
+    from aiohttp import web
+
+    from annopull.auth import ApiKeyAuth
+    from annopull.config import EngineConfig, KognicConfig, Secret
+    from annopull.sinks import sink_for
+    from annopull.sources.kognic import KognicSource
+    from annopull.testing.faults import start_app
+    from annopull.transport import Transport
+
+    base = ""
+    pages = {None: (["a", "b"], "2"), "2": (["b", "c"], "3"), "3": (["b"], None)}
+
+    def item(scene: str) -> dict[str, str]:
+        return {
+            "inputUuid": scene,
+            "annotationType": "T",
+            "created": "2024-01-01T00:00:00Z",
+            "uri": f"{base}/s/{scene}",
+        }
+
+    async def search(request: web.Request) -> web.Response:
+        scenes, cursor = pages[request.query.get("cursorId")]
+        body = {"data": [item(s) for s in scenes], "metadata": {"nextCursorId": cursor}}
+        return web.json_response(body)
+
+    async def storage(request: web.Request) -> web.Response:
+        return web.json_response({"openlabel": {"scene": request.match_info["scene"]}})
+
+    routes = [
+        web.get("/v1/annotations/projects/P/annotation-type/T/search", search),
+        web.get("/s/{scene}", storage),
+    ]
+    runner, base = await start_app(routes, host="127.0.0.1")
+    try:
+        async with Transport(engine=EngineConfig(concurrency=1)) as transport:
+            source = KognicSource(
+                transport=transport, config=KognicConfig(api_url=base), auth=ApiKeyAuth(Secret("k"))
+            )
+            report = await source.download("P", "T", sink=sink_for(f"{tmp_path}/{output}"))
+    finally:
+        await runner.cleanup()
+    assert (report.downloaded, report.skipped, report.listed) == (3, 2, 5)
+    if output.endswith("/"):
+        names = sorted(p.name for p in (tmp_path / output).iterdir())
+    elif output.endswith(".zip"):
+        names = sorted(zipfile.ZipFile(tmp_path / output).namelist())
+    else:
+        lines = (tmp_path / output).read_bytes().splitlines()
+        names = sorted(f"{json.loads(line)['scene_uuid']}.json" for line in lines)
+    assert names == ["a.json", "b.json", "c.json"]

@@ -132,6 +132,14 @@ class Sink(abc.ABC):
         """
         return self._held.version_of(key) if self._held is not None and key else None
 
+    def holds(self, key: str) -> bool:
+        """Whether this run's output already has an entry for ``key`` (pending ones too).
+
+        Call it only between writes: it uses the writer's own journal connection, which is
+        idle then.
+        """
+        return bool(key) and self.journal.version_of(key) is not None
+
     def _close_held(self) -> None:
         if self._held is not None:
             self._held.close()

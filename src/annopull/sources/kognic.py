@@ -431,10 +431,10 @@ class KognicSource:
     ) -> AsyncGenerator[AnnotationRef, None]:
         async with aclosing(refs):
             async for ref in refs:
+                if run is not None:
+                    run.progress.listed()
                 already = held is not None and held(ref.scene_uuid) is not None
                 if not already and selection.wants(ref):
-                    if run is not None:
-                        run.progress.listed()
                     yield ref
                 elif run is not None:
                     run.skip()
@@ -497,6 +497,7 @@ class _Run:
     def skip(self) -> None:
         self.listed += 1
         self.skipped += 1
+        self.progress.item_done(skipped=True)
 
     def done(self, size: int) -> None:
         self.listed += 1
@@ -531,6 +532,7 @@ class _Run:
 
 async def _write_batch(sink: Sink, batch: list[Fetched[AnnotationRef, Spool]], run: _Run) -> None:
     """Write fetched items: those in memory together (one sink call), spilled ones streamed."""
+    batch = _first_of_each_scene(sink, batch, run)
     small = [f for f in batch if f.result.in_memory]
     entries = [(_entry_info(f.item, f.result.size), f.result.getvalue()) for f in small]
     for fetched, outcome in zip(small, await sink.write_many(entries), strict=True):
@@ -545,6 +547,21 @@ async def _write_batch(sink: Sink, batch: list[Fetched[AnnotationRef, Spool]], r
         except TransferError as exc:
             written = exc
         run.settle(ref.scene_uuid, spool.size, written)
+
+
+def _first_of_each_scene(
+    sink: Sink, batch: list[Fetched[AnnotationRef, Spool]], run: _Run
+) -> list[Fetched[AnnotationRef, Spool]]:
+    """Drop scenes the output already holds: a listing that shifts while it is paged can
+    name a scene twice, and the output must hold each scene once."""
+    kept: dict[str, Fetched[AnnotationRef, Spool]] = {}
+    for fetched in batch:
+        scene = fetched.item.scene_uuid
+        if scene in kept or sink.holds(scene):
+            run.skip()
+        else:
+            kept[scene] = fetched
+    return list(kept.values())
 
 
 async def _prepend(
