@@ -6,10 +6,22 @@ import dataclasses
 import re
 import shlex
 import tomllib
+import zipfile
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from annopull.cli import build_parser
-from annopull.config import Config, RetryPolicy, load_config
+from annopull.client import Client
+from annopull.config import AnnoLabConfig, Config, KognicConfig, RetryPolicy, load_config
+from annopull.testing import (
+    AnnoLabProject,
+    FakeAnnoLab,
+    FakeKognic,
+    FakePlatforms,
+    KognicProject,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,3 +67,37 @@ def test_readme_examples_parse() -> None:
         parsed, unknown = parser.parse_known_args(shlex.split(line)[1:])
         assert parsed.command, line
         assert not unknown or parsed.command == "fake", line
+
+
+@pytest.mark.anyio
+async def test_readme_library_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's library example runs as written against the fakes, and writes its files."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    monkeypatch.chdir(tmp_path)
+    kognic = FakeKognic(
+        projects=[KognicProject(project="P", batches=("B",), annotation_types=("T",), count=30)]
+    )
+    annolab = FakeAnnoLab(projects=[AnnoLabProject(owner="Group", name="Project", instruments=7)])
+    async with FakePlatforms(kognic=kognic, annolab=annolab):
+        config = Config(
+            kognic=KognicConfig(api_url=kognic.api_url, auth_url=kognic.auth_url),
+            annolab=AnnoLabConfig(api_url=annolab.api_url, poll_interval=0.01),
+        )
+        env = {
+            "KOGNIC_CLIENT_ID": kognic.client_id,
+            "KOGNIC_CLIENT_SECRET": kognic.client_secret,
+            "ANNOLAB_API_KEY": annolab.api_key,
+        }
+        async with Client(config=config, env=env) as client:
+            await namespace["pull"](client)
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 30 + 1 + 7  # one line per annotation, the report, the instruments
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        assert len(archive.namelist()) == 30
+    assert zipfile.ZipFile(tmp_path / "export.zip").testzip() is None
+    assert zipfile.ZipFile(tmp_path / "project.zip").testzip() is None
