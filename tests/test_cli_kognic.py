@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pty
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -437,33 +439,28 @@ def test_errors_before_the_pull_print_no_progress(
     assert len(capsys.readouterr().err.splitlines()) == 1
 
 
-def test_verbose_logs_retries_without_secrets(fake: FakeKognic, tmp_path: Path) -> None:
-    """-v logs each retry and the token fetch, with URLs cut before their signatures."""
-    fake.faults.add(Fault(target="content", status=503, times=2))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "annopull",
-            "-v",
-            "kognic",
-            "--project",
-            "P",
-            "--batch",
-            "a",
-            "--annotation-type",
-            "T",
-            "-o",
-            "out.zip",
-            "-q",
-        ],
+def _run_cli(
+    fake: FakeKognic, cwd: Path, *argv: str, output: str = "out.zip", **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """``python -m annopull [argv] kognic ... -o output -q`` against ``fake``, to its end."""
+    pull = ["kognic", "--project", "P", "--batch", "a", "--annotation-type", "T"]
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    return subprocess.run(
+        [sys.executable, "-m", "annopull", *argv, *pull, "-o", output, "-q"],
         env={**os.environ, **_env(fake)},
-        cwd=tmp_path,
-        capture_output=True,
+        cwd=cwd,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=60,
         check=False,
+        **kwargs,
     )
+
+
+def test_verbose_logs_retries_without_secrets(fake: FakeKognic, tmp_path: Path) -> None:
+    """-v logs each retry and the token fetch, with URLs cut before their signatures."""
+    fake.faults.add(Fault(target="content", status=503, times=2))
+    done = _run_cli(fake, tmp_path, "-v")
     assert done.returncode == 0, done.stderr
     retries = [line for line in done.stderr.splitlines() if "retrying in" in line]
     assert len(retries) == 2, done.stderr
@@ -476,34 +473,9 @@ def test_verbose_logs_retries_without_secrets(fake: FakeKognic, tmp_path: Path) 
 
 def test_zip_to_a_terminal_is_refused(fake: FakeKognic, tmp_path: Path) -> None:
     """-o - with stdout on a terminal exits 2 instead of spraying binary at the user."""
-    import pty
-
     master, terminal = pty.openpty()
     try:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "annopull",
-                "kognic",
-                "--project",
-                "P",
-                "--batch",
-                "a",
-                "--annotation-type",
-                "T",
-                "-o",
-                "-",
-                "-q",
-            ],
-            env={**os.environ, **_env(fake)},
-            cwd=tmp_path,
-            stdout=terminal,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = _run_cli(fake, tmp_path, output="-", stdout=terminal)
     finally:
         os.close(terminal)
         os.close(master)
