@@ -6,24 +6,30 @@ and compared with what the fake served, byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import math
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from aiohttp import web
 
+from annopull.auth import ApiKeyAuth
 from annopull.client import Client
-from annopull.errors import AuthError, NotFoundError, TransferError
+from annopull.config import EngineConfig, KognicConfig, Secret
+from annopull.errors import ApiError, AuthError, NotFoundError, TransferError
 from annopull.scheduler import Fetched, fan_out
-from annopull.sinks import DirectorySink, JsonlSink, Sink, ZipSink
-from annopull.sources.kognic import Annotation
+from annopull.sinks import DirectorySink, JsonlSink, Sink, ZipSink, sink_for
+from annopull.sources.kognic import Annotation, KognicSource
 from annopull.testing import ExpectedAnnotation, FakeKognic, Fault, KognicProject
+from annopull.testing.faults import start_app
+from annopull.transport import Transport
 
 pytestmark = pytest.mark.anyio
 
@@ -570,83 +576,63 @@ async def test_fresh_url_from_cache_expired_too_is_relisted(
     assert _zip_entries(tmp_path / "o.zip") == _as_entries(expected)
 
 
+@contextlib.asynccontextmanager
+async def _source_over(routes: list[web.RouteDef], **engine: Any) -> AsyncIterator[KognicSource]:
+    """A KognicSource whose API is a hand-made server of ``routes`` (for broken listings)."""
+    runner, base = await start_app(routes, host="127.0.0.1")
+    try:
+        async with Transport(engine=EngineConfig(**engine)) as transport:
+            yield KognicSource(
+                transport=transport,
+                config=KognicConfig(api_url=base),
+                auth=ApiKeyAuth(Secret("k")),
+            )
+    finally:
+        await runner.cleanup()
+
+
+SEARCH_ROUTE = "/v1/annotations/projects/P/annotation-type/T/search"
+
+
 async def test_listing_that_does_not_advance_is_an_error() -> None:
     """A search answer handing back the cursor it was given ends the listing with ApiError."""
-    from aiohttp import web
-
-    from annopull.auth import ApiKeyAuth
-    from annopull.config import EngineConfig, KognicConfig, Secret
-    from annopull.errors import ApiError
-    from annopull.sources.kognic import KognicSource
-    from annopull.testing.faults import start_app
-    from annopull.transport import Transport
-
     pages: list[str | None] = []
 
     async def search(request: web.Request) -> web.Response:
         pages.append(request.query.get("cursorId"))
         return web.json_response({"data": [], "metadata": {"nextCursorId": "same"}})
 
-    route = "/v1/annotations/projects/P/annotation-type/T/search"
-    runner, url = await start_app([web.get(route, search)], host="127.0.0.1")
-    try:
-        async with Transport(engine=EngineConfig()) as transport:
-            source = KognicSource(
-                transport=transport,
-                config=KognicConfig(api_url=url),
-                auth=ApiKeyAuth(Secret("k")),
-            )
-            with pytest.raises(ApiError, match="did not advance past cursor 'same'"):
-                _ = [ref async for ref in source.list_annotations("P", "T")]
-    finally:
-        await runner.cleanup()
+    async with _source_over([web.get(SEARCH_ROUTE, search)]) as source:
+        with pytest.raises(ApiError, match="did not advance past cursor 'same'"):
+            _ = [ref async for ref in source.list_annotations("P", "T")]
     assert pages == [None, "same"]
 
 
 @pytest.mark.parametrize("output", ["o.zip", "o.jsonl", "folder/"])
 async def test_scene_listed_twice_is_written_once(tmp_path: Path, output: str) -> None:
     """A listing that names a scene on two pages still gives one entry per scene."""
-    from aiohttp import web
-
-    from annopull.auth import ApiKeyAuth
-    from annopull.config import EngineConfig, KognicConfig, Secret
-    from annopull.sinks import sink_for
-    from annopull.sources.kognic import KognicSource
-    from annopull.testing.faults import start_app
-    from annopull.transport import Transport
-
-    base = ""
     pages = {None: (["a", "b"], "2"), "2": (["b", "c"], "3"), "3": (["b"], None)}
-
-    def item(scene: str) -> dict[str, str]:
-        return {
-            "inputUuid": scene,
-            "annotationType": "T",
-            "created": "2024-01-01T00:00:00Z",
-            "uri": f"{base}/s/{scene}",
-        }
 
     async def search(request: web.Request) -> web.Response:
         scenes, cursor = pages[request.query.get("cursorId")]
-        body = {"data": [item(s) for s in scenes], "metadata": {"nextCursorId": cursor}}
-        return web.json_response(body)
+        origin = request.url.origin()
+        items = [
+            {
+                "inputUuid": scene,
+                "annotationType": "T",
+                "created": "2024-01-01T00:00:00Z",
+                "uri": f"{origin}/s/{scene}",
+            }
+            for scene in scenes
+        ]
+        return web.json_response({"data": items, "metadata": {"nextCursorId": cursor}})
 
     async def storage(request: web.Request) -> web.Response:
         return web.json_response({"openlabel": {"scene": request.match_info["scene"]}})
 
-    routes = [
-        web.get("/v1/annotations/projects/P/annotation-type/T/search", search),
-        web.get("/s/{scene}", storage),
-    ]
-    runner, base = await start_app(routes, host="127.0.0.1")
-    try:
-        async with Transport(engine=EngineConfig(concurrency=1)) as transport:
-            source = KognicSource(
-                transport=transport, config=KognicConfig(api_url=base), auth=ApiKeyAuth(Secret("k"))
-            )
-            report = await source.download("P", "T", sink=sink_for(f"{tmp_path}/{output}"))
-    finally:
-        await runner.cleanup()
+    routes = [web.get(SEARCH_ROUTE, search), web.get("/s/{scene}", storage)]
+    async with _source_over(routes, concurrency=1) as source:
+        report = await source.download("P", "T", sink=sink_for(f"{tmp_path}/{output}"))
     assert (report.downloaded, report.skipped, report.listed) == (3, 2, 5)
     if output.endswith("/"):
         names = sorted(p.name for p in (tmp_path / output).iterdir())
