@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,37 @@ def _pull(*extra: str, output: str = "out.zip", batch: str | None = "a") -> int:
     if batch is not None:
         argv += ["--batch", batch]
     return main(argv)
+
+
+def _cli_argv(
+    *before: str, output: str = "out.zip", batch: str | None = "a", after: Sequence[str] = ()
+) -> list[str]:
+    """``python -m annopull [before] kognic --project P ... -o output -q [after]``."""
+    argv = [sys.executable, "-m", "annopull", *before, "kognic", "--project", "P"]
+    argv += ["--annotation-type", "T", *(["--batch", batch] if batch is not None else [])]
+    return [*argv, "-o", output, "-q", *after]
+
+
+def _run_cli(
+    fake: FakeKognic,
+    cwd: Path,
+    *before: str,
+    output: str = "out.zip",
+    batch: str | None = "a",
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[Any]:
+    """Run the CLI as a subprocess against ``fake`` to its end (stdout and stderr piped)."""
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("text", True)
+    return subprocess.run(
+        _cli_argv(*before, output=output, batch=batch),
+        env={**os.environ, **_env(fake)},
+        cwd=cwd,
+        stderr=subprocess.PIPE,
+        timeout=60,
+        check=False,
+        **kwargs,
+    )
 
 
 def _expected_entries(fake: FakeKognic, batch: str | None = "a") -> dict[str, bytes]:
@@ -124,26 +155,7 @@ def test_pull_each_output_kind(
 
 def test_stdout_zip_through_a_real_pipe(fake: FakeKognic, tmp_path: Path) -> None:
     """`-o -` in a subprocess writes a streamed zip to its stdout pipe that zipfile reads whole."""
-    env = {**os.environ, **_env(fake)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "annopull",
-            "kognic",
-            "--project",
-            "P",
-            "--annotation-type",
-            "T",
-            "-o",
-            "-",
-            "-q",
-        ],
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    proc = _run_cli(fake, tmp_path, output="-", batch=None, text=False)
     assert proc.returncode == 0, proc.stderr.decode()
     assert _zip(proc.stdout) == _expected_entries(fake, batch=None)
     assert b"Traceback" not in proc.stderr
@@ -339,26 +351,9 @@ def test_sigint_exit_130_without_traceback(fake: FakeKognic, tmp_path: Path) -> 
     """SIGINT during a pull exits 130 with a short message and no traceback."""
     for entry in fake.expected("P", "T", "a"):
         fake.faults.add(Fault(target="content", stall=0.5, match=entry.scene_uuid))
-    env = {**os.environ, **_env(fake)}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "annopull",
-            "kognic",
-            "--project",
-            "P",
-            "--annotation-type",
-            "T",
-            "--batch",
-            "a",
-            "-o",
-            "out.zip",
-            "-q",
-            "--concurrency",
-            "1",
-        ],
-        env=env,
+        _cli_argv(after=["--concurrency", "1"]),
+        env={**os.environ, **_env(fake)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -437,24 +432,6 @@ def test_errors_before_the_pull_print_no_progress(
     argv = ["kognic", "--project", "P", "--annotation-type", "T", "-o", "out.zip"]
     assert main(argv) == 2
     assert len(capsys.readouterr().err.splitlines()) == 1
-
-
-def _run_cli(
-    fake: FakeKognic, cwd: Path, *argv: str, output: str = "out.zip", **kwargs: Any
-) -> subprocess.CompletedProcess[str]:
-    """``python -m annopull [argv] kognic ... -o output -q`` against ``fake``, to its end."""
-    pull = ["kognic", "--project", "P", "--batch", "a", "--annotation-type", "T"]
-    kwargs.setdefault("stdout", subprocess.PIPE)
-    return subprocess.run(
-        [sys.executable, "-m", "annopull", *argv, *pull, "-o", output, "-q"],
-        env={**os.environ, **_env(fake)},
-        cwd=cwd,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=60,
-        check=False,
-        **kwargs,
-    )
 
 
 def test_verbose_logs_retries_without_secrets(fake: FakeKognic, tmp_path: Path) -> None:
