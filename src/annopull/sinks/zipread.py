@@ -12,7 +12,6 @@ import functools
 import os
 import re
 import stat
-import struct
 import tempfile
 import zipfile
 import zlib
@@ -26,6 +25,18 @@ import anyio.to_thread
 import orjson
 
 from annopull.errors import UnsafeEntryError, ZipFormatError
+from annopull.sinks.zipwriter import (
+    CENTRAL_HEADER,
+    CENTRAL_SIG,
+    END,
+    END_SIG,
+    FLAG_UTF8,
+    U16_MAX,
+    ZIP64_END,
+    ZIP64_END_SIG,
+    ZIP64_LOCATOR,
+    ZIP64_LOCATOR_SIG,
+)
 
 __all__ = [
     "ExtractReport",
@@ -314,41 +325,34 @@ def read_entry_comments(path: Path) -> Iterator[tuple[str, str]]:
         raise ZipFormatError(f"cannot read zip: {exc.strerror}", item=str(path)) from None
 
 
-_EOCD: Final = struct.Struct("<4s4H2LH")
-_ZIP64_LOCATOR: Final = struct.Struct("<4sLQL")
-_ZIP64_EOCD: Final = struct.Struct("<4sQ2H2L4Q")
-_CENTRAL: Final = struct.Struct("<4s6H3L5H2L")
-
-
 def _central_directory_position(fh: IO[bytes], path: Path) -> tuple[int, int]:
     """(entry count, central directory offset) from the end records, ZIP64 ones included."""
     size = fh.seek(0, os.SEEK_END)
-    tail_start = max(0, size - (_EOCD.size + 0xFFFF))
-    fh.seek(tail_start)
+    fh.seek(max(0, size - (END.size + U16_MAX)))
     tail = fh.read()
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or at + _EOCD.size > len(tail):
+    at = tail.rfind(END_SIG.to_bytes(4, "little"))
+    if at < 0 or at + END.size > len(tail):
         raise ZipFormatError("not a zip file (no end of central directory)", item=str(path))
-    _, _, _, _, count, _, cd_offset, _ = _EOCD.unpack_from(tail, at)
-    locator_at = at - _ZIP64_LOCATOR.size
-    if locator_at >= 0 and tail[locator_at : locator_at + 4] == b"PK\x06\x07":
-        _, _, eocd64_offset, _ = _ZIP64_LOCATOR.unpack_from(tail, locator_at)
-        fh.seek(eocd64_offset)
-        record = fh.read(_ZIP64_EOCD.size)
-        if len(record) < _ZIP64_EOCD.size or record[:4] != b"PK\x06\x06":
+    _, _, _, _, count, _, cd_offset, _ = END.unpack_from(tail, at)
+    locator_at = at - ZIP64_LOCATOR.size
+    if locator_at >= 0 and ZIP64_LOCATOR.unpack_from(tail, locator_at)[0] == ZIP64_LOCATOR_SIG:
+        fh.seek(ZIP64_LOCATOR.unpack_from(tail, locator_at)[2])
+        record = fh.read(ZIP64_END.size)
+        fields = ZIP64_END.unpack(record) if len(record) == ZIP64_END.size else None
+        if fields is None or fields[0] != ZIP64_END_SIG:
             raise ZipFormatError("damaged ZIP64 end of central directory", item=str(path))
-        count, cd_offset = _ZIP64_EOCD.unpack(record)[7], _ZIP64_EOCD.unpack(record)[9]
+        count, cd_offset = fields[7], fields[9]
     return count, cd_offset
 
 
 def _central_record(fh: IO[bytes], path: Path) -> tuple[str, str]:
-    head = fh.read(_CENTRAL.size)
-    if len(head) < _CENTRAL.size or head[:4] != b"PK\x01\x02":
+    head = fh.read(CENTRAL_HEADER.size)
+    fields = CENTRAL_HEADER.unpack(head) if len(head) == CENTRAL_HEADER.size else None
+    if fields is None or fields[0] != CENTRAL_SIG:
         raise ZipFormatError("damaged central directory", item=str(path))
-    fields = _CENTRAL.unpack(head)
     flags, name_len, extra_len, comment_len = fields[3], fields[10], fields[11], fields[12]
     name = fh.read(name_len)
     fh.seek(extra_len, os.SEEK_CUR)
     comment = fh.read(comment_len)
-    encoding = "utf-8" if flags & 0x800 else "cp437"
+    encoding = "utf-8" if flags & FLAG_UTF8 else "cp437"
     return name.decode(encoding, "replace"), comment.decode(encoding, "replace")
