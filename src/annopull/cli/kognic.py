@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -132,7 +133,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     try:
         async with ctx.client() as client:
             kognic = client.kognic  # credentials are checked before any display starts
-            with progress if progress is not None else _nothing():
+            with progress if progress is not None else contextlib.nullcontext():
                 report = await kognic.download(
                     args.project,
                     args.annotation_type,
@@ -161,14 +162,6 @@ def _check_not_replaced(previous: Path, output: str) -> None:
             f"--skip-existing {previous} is also the output: the new file would hold only the "
             "changed scenes and replace it; write to another file (a folder may be both)"
         )
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
 
 
 def _print_summary(report: DownloadReport) -> None:
