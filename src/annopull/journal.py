@@ -211,6 +211,25 @@ class Journal:
             conn.executemany("INSERT INTO meta VALUES (?, ?)", meta)
         return cls(conn, path, temp_dir=temp_dir)
 
+    @staticmethod
+    def read_versions(path: Path) -> Iterator[tuple[str, str]]:
+        """Yield ``(key, version)`` of every keyed row of any run's journal, read-only.
+
+        No kind or fingerprint check: this lists what an earlier run holds (skip-existing),
+        it does not continue that run.
+
+        Raises:
+            ResumeError: the file is not a readable journal.
+        """
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                yield from conn.execute("SELECT key, version FROM entries WHERE key != ''")
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise ResumeError(f"not a readable annopull journal: {exc}", item=str(path)) from None
+
     def add(self, entry: JournalEntry) -> None:
         """Record ``entry``; it stays pending until the next :meth:`commit`."""
         if not self._conn.in_transaction:

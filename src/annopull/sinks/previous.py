@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import posixpath
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
-from annopull.errors import ConfigError
+from annopull.errors import ConfigError, ResumeError
 from annopull.journal import Journal, JournalEntry
 from annopull.sinks.zipread import read_entry_comments
 
@@ -91,12 +90,7 @@ def _from_jsonl(path: Path) -> Iterator[tuple[str, str]]:
 
 
 def _from_journal(path: Path) -> Iterator[tuple[str, str]]:
-    # Read-only and without the fingerprint check: any run's journal lists what it holds.
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            yield from conn.execute("SELECT key, version FROM entries WHERE key != ''")
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise ConfigError(f"{path} is not a readable annopull journal: {exc}") from None
+        yield from Journal.read_versions(path)
+    except ResumeError as exc:
+        raise ConfigError(f"--skip-existing: {exc}") from None
