@@ -29,10 +29,10 @@ from typing import Any
 
 import anyio
 
-from annopull.auth import ApiKeyAuth
-from annopull.config import AnnoLabConfig, EngineConfig, Secret
-from annopull.sources.annolab import AnnoLabSource, ExportJob, InstrumentsExport
-from annopull.transport import Transport
+from annopull._config import AnnoLabConfig, EngineConfig, Secret
+from annopull._sources.annolab import AnnoLabSource, ExportJob, InstrumentsExport
+from annopull._transport.auth import ApiKeyAuth
+from annopull._transport.http import Transport
 
 MiB = 1 << 20
 TARGET_RSS_MIB = 100

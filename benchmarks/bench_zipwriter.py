@@ -25,8 +25,8 @@ from pathlib import Path
 
 import anyio
 
-from annopull.journal import Journal
-from annopull.sinks.zipwriter import WholeEntry, ZipWriter
+from annopull._pipeline.journal import Journal
+from annopull._zip.writer import WholeEntry, ZipWriter
 
 
 def entry_data(i: int) -> bytes:

@@ -26,8 +26,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def kognic_client() -> Any:
     """A factory of :class:`annopull.Client` pointed at a started ``FakeKognic``, fast retries."""
-    from annopull.client import Client
-    from annopull.config import Config, EngineConfig, KognicConfig, RetryPolicy
+    from annopull._client import Client
+    from annopull._config import Config, EngineConfig, KognicConfig, RetryPolicy
 
     def make(
         fake: Any,

@@ -11,9 +11,8 @@ import anyio
 import pytest
 from aiohttp import web
 
-from annopull.auth import ApiKeyAuth
-from annopull.config import AnnoLabConfig, EngineConfig, RetryPolicy, Secret
-from annopull.errors import (
+from annopull._config import AnnoLabConfig, EngineConfig, RetryPolicy, Secret
+from annopull._errors import (
     AuthError,
     ExportFailedError,
     NotFoundError,
@@ -21,15 +20,16 @@ from annopull.errors import (
     UnsafeEntryError,
     ZipFormatError,
 )
-from annopull.sources.annolab import (
+from annopull._sources.annolab import (
     AnnoLabSource,
     ExportJob,
     InstrumentsExport,
     ProjectExport,
 )
+from annopull._transport.auth import ApiKeyAuth
+from annopull._transport.http import Transport
 from annopull.testing import AnnoLabProject, FakeAnnoLab, Fault
 from annopull.testing.faults import start_app
-from annopull.transport import Transport
 
 pytestmark = pytest.mark.anyio
 

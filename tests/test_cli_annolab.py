@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from annopull.cli import main
+from annopull._cli import main
 from annopull.testing import AnnoLabProject, FakeAnnoLab, FakePlatforms, Fault, run_in_thread
 
 PROJECTS = (

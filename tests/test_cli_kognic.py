@@ -1,6 +1,6 @@
 """``annopull kognic`` end to end against the fake Kognic: outputs, exit codes, messages.
 
-The CLI runs in-process through :func:`annopull.cli.main` (the fake on its own thread), and
+The CLI runs in-process through :func:`annopull._cli.main` (the fake on its own thread), and
 as a real subprocess where a pipe or a signal is the point.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from annopull.cli import main
+from annopull._cli import main
 from annopull.testing import FakeKognic, FakePlatforms, Fault, KognicProject, run_in_thread
 
 PROJECT = KognicProject(

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from annopull.client import Client
-from annopull.config import (
+from annopull._client import Client
+from annopull._config import (
     Config,
     EngineConfig,
     KognicConfig,
@@ -20,7 +20,7 @@ from annopull.config import (
     load_config,
     load_kognic_credentials,
 )
-from annopull.errors import AnnopullError, ConfigError
+from annopull._errors import AnnopullError, ConfigError
 
 SECRET = "sup3r-s3cret-value"
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from annopull.cli import build_parser
-from annopull.client import Client
-from annopull.config import AnnoLabConfig, Config, KognicConfig, RetryPolicy, load_config
+from annopull._cli import build_parser
+from annopull._client import Client
+from annopull._config import AnnoLabConfig, Config, KognicConfig, RetryPolicy, load_config
 from annopull.testing import (
     AnnoLabProject,
     FakeAnnoLab,

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from annopull.errors import ResumeError
-from annopull.journal import Journal, JournalEntry
+from annopull._errors import ResumeError
+from annopull._pipeline.journal import Journal, JournalEntry
 
 FINGERPRINT = {"project": "A", "export": "e1"}
 

@@ -20,16 +20,16 @@ import anyio
 import pytest
 from aiohttp import web
 
-from annopull.auth import ApiKeyAuth
-from annopull.client import Client
-from annopull.config import EngineConfig, KognicConfig, Secret
-from annopull.errors import ApiError, AuthError, NotFoundError, TransferError
-from annopull.scheduler import Fetched, fan_out
-from annopull.sinks import DirectorySink, JsonlSink, Sink, ZipSink, sink_for
-from annopull.sources.kognic import Annotation, KognicSource
+from annopull._client import Client
+from annopull._config import EngineConfig, KognicConfig, Secret
+from annopull._errors import ApiError, AuthError, NotFoundError, TransferError
+from annopull._pipeline.scheduler import Fetched, fan_out
+from annopull._sinks import DirectorySink, JsonlSink, Sink, ZipSink, sink_for
+from annopull._sources.kognic import Annotation, KognicSource
+from annopull._transport.auth import ApiKeyAuth
+from annopull._transport.http import Transport
 from annopull.testing import ExpectedAnnotation, FakeKognic, Fault, KognicProject
 from annopull.testing.faults import start_app
-from annopull.transport import Transport
 
 pytestmark = pytest.mark.anyio
 

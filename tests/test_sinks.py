@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from annopull.errors import ConfigError, TransferError
-from annopull.sinks import DirectorySink, EntryInfo, JsonlSink, Sink, ZipSink, sink_for
+from annopull._errors import ConfigError, TransferError
+from annopull._sinks import DirectorySink, EntryInfo, JsonlSink, Sink, ZipSink, sink_for
 
 pytestmark = pytest.mark.anyio
 
@@ -200,7 +200,7 @@ async def test_directory_sink_sets_mtime_and_writes_atomically(tmp_path: Path) -
     sink = DirectorySink(tmp_path / "folder")
     await sink.open(fingerprint=FINGERPRINT)
     await sink.write(info("s1"), chunks(b'{"a":', b"1}"))
-    assert sorted(_files(tmp_path / "folder")) == [".annopull.journal", "s1.json"]
+    assert sorted(_files(tmp_path / "folder")) == [".annopull._pipeline.journal", "s1.json"]
     await sink.close()
     path = tmp_path / "folder" / "s1.json"
     assert _files(tmp_path / "folder") == ["s1.json"]

@@ -18,13 +18,13 @@ import anyio
 import pytest
 from aiohttp import web
 
-from annopull.auth import KognicTokenManager
-from annopull.buffers import Spool
-from annopull.config import EngineConfig, KognicCredentials, RetryPolicy, Secret
-from annopull.errors import AnnopullError, ApiError, AuthError, NotFoundError, TransferError
+from annopull._config import EngineConfig, KognicCredentials, RetryPolicy, Secret
+from annopull._errors import AnnopullError, ApiError, AuthError, NotFoundError, TransferError
+from annopull._pipeline.buffers import Spool
+from annopull._transport.auth import KognicTokenManager
+from annopull._transport.http import RateLimiter, Transport, parse_retry_after
 from annopull.testing import FakeKognic, Fault, KognicProject
 from annopull.testing.faults import start_app
-from annopull.transport import RateLimiter, Transport, parse_retry_after
 
 pytestmark = pytest.mark.anyio
 

@@ -13,8 +13,8 @@ from typing import BinaryIO
 import anyio
 import pytest
 
-from annopull.journal import Journal
-from annopull.sinks.zipwriter import BATCH_BYTES, ZipWriter
+from annopull._pipeline.journal import Journal
+from annopull._zip.writer import BATCH_BYTES, ZipWriter
 from zip_readers import READERS, Manifest
 
 FINGERPRINT = {"project": "interop"}
@@ -133,8 +133,8 @@ KILLED_CHILD = """
 import os, sys, anyio
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from annopull.journal import Journal
-from annopull.sinks.zipwriter import ZipWriter
+from annopull._pipeline.journal import Journal
+from annopull._zip.writer import ZipWriter
 from test_zip_interop import add_large_entries, add_small_entries, FINGERPRINT
 
 async def main():

@@ -9,15 +9,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from annopull.errors import UnsafeEntryError, ZipFormatError
-from annopull.journal import Journal
-from annopull.sinks.zipread import (
+from annopull._errors import UnsafeEntryError, ZipFormatError
+from annopull._pipeline.journal import Journal
+from annopull._zip.reader import (
     extract_zip,
     iter_jsonl_member,
     read_entry_comments,
     verify_zip,
 )
-from annopull.sinks.zipwriter import ZipWriter
+from annopull._zip.writer import ZipWriter
 
 
 async def chunks(data: bytes, size: int = 64 << 10) -> AsyncIterator[bytes]:

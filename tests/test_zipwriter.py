@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from annopull.errors import ResumeError, ZipFormatError
-from annopull.journal import Journal
-from annopull.sinks.zipwriter import (
+from annopull._errors import ResumeError, ZipFormatError
+from annopull._pipeline.journal import Journal
+from annopull._zip.writer import (
     BATCH_BYTES,
     LOCAL_HEADER,
     PADDING_EXTRA_ID,

@@ -5,8 +5,8 @@ Start with :class:`Client`; outputs are sinks (:class:`ZipSink`, :class:`Directo
 offline tests live in :mod:`annopull.testing`.
 """
 
-from annopull.client import Client
-from annopull.config import (
+from annopull._client import Client
+from annopull._config import (
     AnnoLabConfig,
     Config,
     EngineConfig,
@@ -16,7 +16,7 @@ from annopull.config import (
     Secret,
     load_config,
 )
-from annopull.errors import (
+from annopull._errors import (
     AnnopullError,
     ApiError,
     AuthError,
@@ -28,8 +28,8 @@ from annopull.errors import (
     UnsafeEntryError,
     ZipFormatError,
 )
-from annopull.progress import NullProgress, Progress, TerminalProgress
-from annopull.sinks import (
+from annopull._progress import NullProgress, Progress, TerminalProgress
+from annopull._sinks import (
     DirectorySink,
     EntryInfo,
     JsonlSink,
@@ -38,7 +38,7 @@ from annopull.sinks import (
     ZipSink,
     sink_for,
 )
-from annopull.sources.annolab import (
+from annopull._sources.annolab import (
     AnnoLabSource,
     ExportJob,
     ExportOutcome,
@@ -47,7 +47,7 @@ from annopull.sources.annolab import (
     InstrumentsExport,
     ProjectExport,
 )
-from annopull.sources.kognic import (
+from annopull._sources.kognic import (
     Annotation,
     AnnotationRef,
     DownloadReport,

@@ -1,3 +1,3 @@
-from annopull.cli import entry
+from annopull._cli import entry
 
 entry()

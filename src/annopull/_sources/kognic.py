@@ -2,8 +2,8 @@
 
 The listing is paginated search over the input API; each item carries a signed storage URL
 that is fetched without the Authorization header. Fetches fan out under the engine's
-concurrency (:func:`annopull.scheduler.fan_out`) while the next listing page is read, each
-into a :class:`~annopull.buffers.Spool`, then go one by one into a sink.
+concurrency (:func:`annopull._pipeline.scheduler.fan_out`) while the next listing page is read, each
+into a :class:`~annopull._pipeline.buffers.Spool`, then go one by one into a sink.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from urllib.parse import quote
 import anyio
 import orjson
 
-from annopull.buffers import Spool
-from annopull.config import KognicConfig
-from annopull.errors import AnnopullError, ApiError, ConfigError, NotFoundError, TransferError
-from annopull.progress import NullProgress, Progress
-from annopull.scheduler import Fetched, fan_out, sole_error
-from annopull.sinks.base import EntryInfo, Sink
-from annopull.transport import AuthProvider, Transport
+from annopull._config import KognicConfig
+from annopull._errors import AnnopullError, ApiError, ConfigError, NotFoundError, TransferError
+from annopull._pipeline.buffers import Spool
+from annopull._pipeline.scheduler import Fetched, fan_out, sole_error
+from annopull._progress import NullProgress, Progress
+from annopull._sinks.base import EntryInfo, Sink
+from annopull._transport.http import AuthProvider, Transport
 
 __all__ = [
     "Annotation",

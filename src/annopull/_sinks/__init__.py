@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from annopull.errors import ConfigError
-from annopull.sinks.base import EntryInfo, Sink, SinkResult
-from annopull.sinks.directory import DirectorySink
-from annopull.sinks.jsonl import JsonlSink
-from annopull.sinks.zip import ZipSink
+from annopull._errors import ConfigError
+from annopull._sinks.base import EntryInfo, Sink, SinkResult
+from annopull._sinks.directory import DirectorySink
+from annopull._sinks.jsonl import JsonlSink
+from annopull._sinks.zip import ZipSink
 
 __all__ = ["DirectorySink", "EntryInfo", "JsonlSink", "Sink", "SinkResult", "ZipSink", "sink_for"]
 

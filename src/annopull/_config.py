@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from annopull.errors import ConfigError
+from annopull._errors import ConfigError
 
 __all__ = [
     "AnnoLabConfig",

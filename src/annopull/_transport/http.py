@@ -22,8 +22,8 @@ import anyio
 import orjson
 
 from annopull import __name__ as _package
-from annopull.config import EngineConfig
-from annopull.errors import (
+from annopull._config import EngineConfig
+from annopull._errors import (
     AnnopullError,
     ApiError,
     AuthError,

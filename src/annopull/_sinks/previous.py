@@ -15,9 +15,9 @@ from pathlib import Path
 
 import orjson
 
-from annopull.errors import ConfigError, ResumeError
-from annopull.journal import Journal, JournalEntry
-from annopull.sinks.zipread import read_entry_comments
+from annopull._errors import ConfigError, ResumeError
+from annopull._pipeline.journal import Journal, JournalEntry
+from annopull._zip.reader import read_entry_comments
 
 __all__ = ["load_previous_versions"]
 

@@ -29,9 +29,8 @@ import aiohttp
 import anyio
 import orjson
 
-from annopull.buffers import FileTarget
-from annopull.config import AnnoLabConfig
-from annopull.errors import (
+from annopull._config import AnnoLabConfig
+from annopull._errors import (
     AnnopullError,
     ApiError,
     AuthError,
@@ -41,9 +40,10 @@ from annopull.errors import (
     ZipFormatError,
     redact_url,
 )
-from annopull.progress import NullProgress, Progress
-from annopull.sinks.zipread import extract_zip, iter_jsonl_member, verify_zip
-from annopull.transport import AuthProvider, Transport
+from annopull._pipeline.buffers import FileTarget
+from annopull._progress import NullProgress, Progress
+from annopull._transport.http import AuthProvider, Transport
+from annopull._zip.reader import extract_zip, iter_jsonl_member, verify_zip
 
 __all__ = [
     "AnnoLabSource",

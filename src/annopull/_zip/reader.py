@@ -2,7 +2,7 @@
 
 Reading uses the stdlib :mod:`zipfile` (which holds the central directory in RAM, a few hundred
 bytes per entry) and streams entry *data* in chunks, always in worker threads. Every failure of
-the archive itself surfaces as :class:`~annopull.errors.ZipFormatError` naming the entry.
+the archive itself surfaces as :class:`~annopull._errors.ZipFormatError` naming the entry.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from annopull.errors import UnsafeEntryError, ZipFormatError
-from annopull.sinks.zipwriter import (
+from annopull._errors import UnsafeEntryError, ZipFormatError
+from annopull._zip.writer import (
     CENTRAL_HEADER,
     CENTRAL_SIG,
     END,

@@ -14,8 +14,8 @@ from typing import Any
 
 import anyio
 
-from annopull.cli import annolab, fake, kognic
-from annopull.cli.common import (
+from annopull._cli import annolab, fake, kognic
+from annopull._cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     Context,
@@ -23,9 +23,9 @@ from annopull.cli.common import (
     exit_code_for,
     fail,
 )
-from annopull.config import load_config
-from annopull.errors import AnnopullError
-from annopull.scheduler import sole_error
+from annopull._config import load_config
+from annopull._errors import AnnopullError
+from annopull._pipeline.scheduler import sole_error
 
 __all__ = ["build_parser", "main"]
 

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from annopull.errors import TransferError
-from annopull.sinks.base import EntryInfo, Sink, SinkResult
-from annopull.sinks.zipwriter import WholeEntry, ZipWriter
+from annopull._errors import TransferError
+from annopull._sinks.base import EntryInfo, Sink, SinkResult
+from annopull._zip.writer import WholeEntry, ZipWriter
 
 __all__ = ["ZipSink"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from annopull.cli.common import (
+from annopull._cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     Context,
@@ -20,12 +20,12 @@ from annopull.cli.common import (
     progress_or_null,
     write_summary,
 )
-from annopull.errors import ConfigError
-from annopull.journal import Journal
-from annopull.progress import format_bytes
-from annopull.sinks import Sink, sink_for
-from annopull.sinks.previous import load_previous_versions
-from annopull.sources.kognic import DownloadReport, Selection, parse_shard, parse_time
+from annopull._errors import ConfigError
+from annopull._pipeline.journal import Journal
+from annopull._progress import format_bytes
+from annopull._sinks import Sink, sink_for
+from annopull._sinks.previous import load_previous_versions
+from annopull._sources.kognic import DownloadReport, Selection, parse_shard, parse_time
 
 __all__ = ["register"]
 

@@ -10,9 +10,9 @@ from typing import IO
 import anyio
 import orjson
 
-from annopull.errors import TransferError, ZipFormatError
-from annopull.journal import JournalEntry
-from annopull.sinks.base import Checkpointer, EntryInfo, Sink, SinkResult
+from annopull._errors import TransferError, ZipFormatError
+from annopull._pipeline.journal import JournalEntry
+from annopull._sinks.base import Checkpointer, EntryInfo, Sink, SinkResult
 
 __all__ = ["JsonlSink"]
 

@@ -97,7 +97,7 @@ def sole_error() -> Iterator[None]:
     """Raise the one error inside a task group's exception group as itself.
 
     anyio wraps even a single failure in a ``BaseExceptionGroup``; callers (and the CLI)
-    catch :class:`~annopull.errors.AnnopullError`, so a group holding exactly one error is
+    catch :class:`~annopull._errors.AnnopullError`, so a group holding exactly one error is
     unwrapped. Several distinct errors stay grouped.
     """
     try:

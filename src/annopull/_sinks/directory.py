@@ -13,14 +13,14 @@ from pathlib import Path
 import aiofiles
 import anyio
 
-from annopull.durability import fsync_path
-from annopull.journal import JournalEntry
-from annopull.sinks.base import Checkpointer, EntryInfo, Sink, SinkResult
-from annopull.sinks.zipwriter import name_candidates, sanitize_entry_name
+from annopull._pipeline.journal import JournalEntry
+from annopull._sinks.base import Checkpointer, EntryInfo, Sink, SinkResult
+from annopull._storage.durability import fsync_path
+from annopull._zip.writer import name_candidates, sanitize_entry_name
 
 __all__ = ["DirectorySink"]
 
-JOURNAL_NAME = ".annopull.journal"
+JOURNAL_NAME = ".annopull._pipeline.journal"
 _TEMP_SUFFIX = ".tmp"
 #: ``.<name>.<8 hex digits>.tmp``: the temporary name of an entry being written.
 _TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}" + re.escape(_TEMP_SUFFIX))

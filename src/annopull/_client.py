@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from annopull.auth import ApiKeyAuth, KognicTokenManager
-from annopull.config import Config, load_annolab_key, load_config, load_kognic_credentials
-from annopull.sources.annolab import AnnoLabSource
-from annopull.sources.kognic import KognicSource
-from annopull.transport import Transport
+from annopull._config import Config, load_annolab_key, load_config, load_kognic_credentials
+from annopull._sources.annolab import AnnoLabSource
+from annopull._sources.kognic import KognicSource
+from annopull._transport.auth import ApiKeyAuth, KognicTokenManager
+from annopull._transport.http import Transport
 
 __all__ = ["Client"]
 

@@ -6,9 +6,9 @@ import logging
 
 import anyio
 
-from annopull.config import KognicCredentials, Secret
-from annopull.errors import AnnopullError, AuthError
-from annopull.transport import Transport
+from annopull._config import KognicCredentials, Secret
+from annopull._errors import AnnopullError, AuthError
+from annopull._transport.http import Transport
 
 __all__ = ["ApiKeyAuth", "KognicTokenManager"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from annopull.cli.common import (
+from annopull._cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     Context,
@@ -24,9 +24,9 @@ from annopull.cli.common import (
     progress_or_null,
     write_summary,
 )
-from annopull.errors import AnnopullError
-from annopull.progress import Progress, format_bytes
-from annopull.sources.annolab import (
+from annopull._errors import AnnopullError
+from annopull._progress import Progress, format_bytes
+from annopull._sources.annolab import (
     AnnoLabSource,
     ExportOutcome,
     ExportRequest,

@@ -31,7 +31,7 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Final
 
-from annopull.errors import ResumeError
+from annopull._errors import ResumeError
 
 __all__ = ["Journal", "JournalEntry"]
 

@@ -11,16 +11,16 @@ from typing import Any
 
 import orjson
 
-from annopull.client import Client
-from annopull.config import Config
-from annopull.errors import (
+from annopull._client import Client
+from annopull._config import Config
+from annopull._errors import (
     AnnopullError,
     AuthError,
     ConfigError,
     NotFoundError,
     ResumeError,
 )
-from annopull.progress import NullProgress, Progress, TerminalProgress
+from annopull._progress import NullProgress, Progress, TerminalProgress
 
 __all__ = [
     "EXIT_FAILED",

@@ -12,7 +12,7 @@ Entries whose whole data arrives within the first ~1 MiB batch (the common case 
 files) are written in one go with their real CRC and sizes in the local header, in both modes:
 no seek-back, no descriptor, and never a ZIP64 extra for a small entry.
 
-Every finished entry is recorded in the :class:`~annopull.journal.Journal`; the central
+Every finished entry is recorded in the :class:`~annopull._pipeline.journal.Journal`; the central
 directory is streamed from it at ``close()``, so no per-entry state stays in RAM.
 
 The module has two layers: pure format functions (struct layouts, DOS time, ZIP64 decisions,
@@ -40,9 +40,9 @@ from typing import BinaryIO, Final, Self
 import anyio
 import anyio.to_thread
 
-from annopull.durability import fsync_path
-from annopull.errors import ResumeError, ZipFormatError
-from annopull.journal import Journal, JournalEntry
+from annopull._errors import ResumeError, ZipFormatError
+from annopull._pipeline.journal import Journal, JournalEntry
+from annopull._storage.durability import fsync_path
 
 __all__ = ["WholeEntry", "ZipResult", "ZipWriter", "sanitize_entry_name"]
 

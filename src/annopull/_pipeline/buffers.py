@@ -1,6 +1,6 @@
 """Byte targets for downloads: a spool that spills to disk, and a resumable file.
 
-Both implement :class:`annopull.transport.ByteTarget`, so a retry can cut them back. Disk
+Both implement :class:`annopull._transport.http.ByteTarget`, so a retry can cut them back. Disk
 writes go to a worker thread (aiofiles), never blocking the event loop.
 """
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import anyio
 
-from annopull.errors import ConfigError, ResumeError, TransferError
-from annopull.journal import Journal
+from annopull._errors import ConfigError, ResumeError, TransferError
+from annopull._pipeline.journal import Journal
 
 __all__ = ["Checkpointer", "EntryInfo", "Sink", "SinkResult"]
 
