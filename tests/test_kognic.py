@@ -378,7 +378,15 @@ async def test_retries_exhausted_item_reported_rest_kept(
     assert "expires" not in reason
     assert "?" not in reason
     assert report.to_dict()["status"] == "partial"
-    assert report.to_dict()["failed"] == [{"item": victim, "reason": reason}]
+    assert report.to_dict()["failed"] == [
+        {
+            "item": victim,
+            "reason": reason,
+            "url": f"{storage}/o/P/T/{victim}/v0",
+            "status": 503,
+            "attempts": 3,
+        }
+    ]
     del expected[victim]
     assert (report.downloaded, report.listed) == (5, 6)
     assert _zip_entries(tmp_path / "o.zip") == _as_entries(expected)

@@ -138,7 +138,7 @@ def journal_of(output: Path) -> Path:
     """Where the sink for ``output`` keeps its journal."""
     if output.suffix in (".zip", ".jsonl"):
         return output.with_name(output.name + ".journal")
-    return output / ".annopull._pipeline.journal"
+    return output / ".annopull.journal"
 
 
 def partial_of(output: Path) -> Path:

@@ -200,7 +200,7 @@ async def test_directory_sink_sets_mtime_and_writes_atomically(tmp_path: Path) -
     sink = DirectorySink(tmp_path / "folder")
     await sink.open(fingerprint=FINGERPRINT)
     await sink.write(info("s1"), chunks(b'{"a":', b"1}"))
-    assert sorted(_files(tmp_path / "folder")) == [".annopull._pipeline.journal", "s1.json"]
+    assert sorted(_files(tmp_path / "folder")) == [".annopull.journal", "s1.json"]
     await sink.close()
     path = tmp_path / "folder" / "s1.json"
     assert _files(tmp_path / "folder") == ["s1.json"]

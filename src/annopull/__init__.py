@@ -22,17 +22,34 @@ from annopull._errors import (
     AuthError,
     ConfigError,
     ExportFailedError,
+    InvalidResponseError,
+    NetworkError,
     NotFoundError,
+    RequestTimeoutError,
     ResumeError,
+    RetryableStatusError,
+    StorageError,
     TransferError,
+    TruncatedBodyError,
     UnsafeEntryError,
     ZipFormatError,
+)
+from annopull._pipeline.pull import (
+    Failure,
+    InterruptedRunError,
+    Item,
+    PullReport,
+    Selection,
+    Source,
+    Stage,
+    pull,
 )
 from annopull._progress import NullProgress, Progress, TerminalProgress
 from annopull._sinks import (
     DirectorySink,
     EntryInfo,
     JsonlSink,
+    Records,
     Sink,
     SinkResult,
     ZipSink,
@@ -47,16 +64,11 @@ from annopull._sources.annolab import (
     InstrumentsExport,
     ProjectExport,
 )
-from annopull._sources.kognic import (
-    Annotation,
-    AnnotationRef,
-    DownloadReport,
-    Failure,
-    KognicSource,
-    Selection,
-)
+from annopull._sources.kognic import Annotation, AnnotationRef, KognicSource
+from annopull._version import __version__ as __version__
 
-__version__ = "0.1.0"
+#: The report of a Kognic download: the pipeline's one report type.
+DownloadReport = PullReport
 
 __all__ = [
     "AnnoLabConfig",
@@ -80,25 +92,38 @@ __all__ = [
     "ExportResult",
     "Failure",
     "InstrumentsExport",
+    "InterruptedRunError",
+    "InvalidResponseError",
+    "Item",
     "JsonlSink",
     "KognicConfig",
     "KognicCredentials",
     "KognicSource",
+    "NetworkError",
     "NotFoundError",
     "NullProgress",
     "Progress",
     "ProjectExport",
+    "PullReport",
+    "Records",
+    "RequestTimeoutError",
     "ResumeError",
     "RetryPolicy",
+    "RetryableStatusError",
     "Secret",
     "Selection",
     "Sink",
     "SinkResult",
+    "Source",
+    "Stage",
+    "StorageError",
     "TerminalProgress",
     "TransferError",
+    "TruncatedBodyError",
     "UnsafeEntryError",
     "ZipFormatError",
     "ZipSink",
     "load_config",
+    "pull",
     "sink_for",
 ]

@@ -7,19 +7,31 @@
     ├── AuthError                       credentials refused (401/403 after one refetch)
     ├── ApiError                        the platform answered with a non-retryable error
     │   └── NotFoundError (LookupError) project / export / scene does not exist
-    ├── TransferError                   retries exhausted, body cut, length or CRC mismatch
+    ├── TransferError                   a transfer failed for good (by cause below)
+    │   ├── RequestTimeoutError (TimeoutError)     connect or read timeout, a stalled body
+    │   ├── NetworkError (ConnectionError)         refused, reset, DNS, server disconnected
+    │   ├── TruncatedBodyError                     body cut short, Content-Length mismatch
+    │   ├── RetryableStatusError                   408/429/5xx until the attempts ran out
+    │   └── InvalidResponseError                   an answer that cannot be parsed (bad JSON)
+    ├── StorageError (OSError)          writing the output (local disk, object store) failed
     ├── ExportFailedError               an AnnoLab export job ended ``errored``
     ├── ZipFormatError (ValueError)     an archive that cannot be written or read as asked
     │   └── UnsafeEntryError            a zip-slip name refused on extraction
     └── ResumeError                     a journal that does not match the command or the file
 
 Every error carries its context as attributes (``url`` without its signature query,
-``status``, ``attempts``, ``item``) and puts it into its one-line message. No secret
-(token, key, client secret, URL signature) ever enters a message.
+``status``, ``attempts``, ``item``; :class:`StorageError` also ``path``) and puts it into its
+one-line message. No secret (token, key, client secret, URL signature) ever enters a message.
+
+The :class:`TransferError` subclasses name the cause of the *last* failed attempt, so a
+caller can tell "the network is down" from "the server kept answering 503" without parsing
+text; ``except TransferError`` still catches them all. The transport translates aiohttp and
+OS errors into them in one place (``annopull._transport.http._classify``).
 """
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
@@ -28,9 +40,15 @@ __all__ = [
     "AuthError",
     "ConfigError",
     "ExportFailedError",
+    "InvalidResponseError",
+    "NetworkError",
     "NotFoundError",
+    "RequestTimeoutError",
     "ResumeError",
+    "RetryableStatusError",
+    "StorageError",
     "TransferError",
+    "TruncatedBodyError",
     "UnsafeEntryError",
     "ZipFormatError",
     "redact_url",
@@ -74,6 +92,10 @@ class AnnopullError(Exception):
         super().__init__(self._render())
 
     def _render(self) -> str:
+        context = self._context()
+        return f"{self.reason} ({', '.join(context)})" if context else self.reason
+
+    def _context(self) -> list[str]:
         context = []
         if self.item is not None:
             context.append(f"item {self.item}")
@@ -83,7 +105,7 @@ class AnnopullError(Exception):
             context.append(self.url)
         if self.attempts is not None:
             context.append(f"after {self.attempts} attempt{'s' if self.attempts != 1 else ''}")
-        return f"{self.reason} ({', '.join(context)})" if context else self.reason
+        return context
 
 
 class ConfigError(AnnopullError, ValueError):
@@ -103,7 +125,73 @@ class NotFoundError(ApiError, LookupError):
 
 
 class TransferError(AnnopullError):
-    """A transfer failed for good: retries exhausted, body cut short, or data corrupt."""
+    """A transfer failed for good: retries exhausted, body cut short, or data corrupt.
+
+    The transport raises one of the subclasses, named for the cause; sinks and sources raise
+    this class itself for an item whose content cannot be used.
+    """
+
+
+class RequestTimeoutError(TransferError, TimeoutError):
+    """No connection within ``connect_timeout``, or no bytes within ``read_timeout``."""
+
+
+class NetworkError(TransferError, ConnectionError):
+    """The connection failed: refused, reset, name not resolved, or dropped by the server."""
+
+
+class TruncatedBodyError(TransferError):
+    """A body ended before its ``Content-Length`` (or its chunked or compressed framing)."""
+
+
+class RetryableStatusError(TransferError):
+    """The server kept answering a status worth retrying (408, 429, 5xx) until attempts ran out.
+
+    ``status`` holds the last answer's code (also 416, should a resumed download's last
+    attempt be refused its range).
+    """
+
+
+class InvalidResponseError(TransferError):
+    """An answer that cannot be used as one: not valid JSON, or not even valid HTTP."""
+
+
+class StorageError(AnnopullError, OSError):
+    """Writing the output failed: the local disk, or an object store behind the sink.
+
+    Also an :class:`OSError`, so code that handles disk trouble catches it. ``errno`` and
+    ``filename`` of :class:`OSError` stay ``None``: the underlying OS error, if any, is the
+    ``__cause__``.
+
+    Args:
+        message: what went wrong, one line, for a person.
+        path: the file or object the write was for; shown in the message.
+        url: the object store URL, if any; stored and shown without its query string.
+        status: the HTTP status of an object store's answer, if there was one.
+        attempts: how many times the write was tried.
+        item: the item (scene uuid, export, entry name) being written.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        attempts: int | None = None,
+        item: str | None = None,
+    ) -> None:
+        # Set before the base renders the message, which reads it.
+        self.path = os.fspath(path) if path is not None else None
+        super().__init__(message, url=url, status=status, attempts=attempts, item=item)
+
+    def _context(self) -> list[str]:
+        context = super()._context()
+        if self.path is not None:
+            # Next to the item: both say what was being written.
+            context.insert(1 if self.item is not None else 0, f"path {self.path}")
+        return context
 
 
 class ExportFailedError(AnnopullError):

@@ -21,11 +21,9 @@ from annopull._cli.common import (
     write_summary,
 )
 from annopull._errors import ConfigError
-from annopull._pipeline.journal import Journal
+from annopull._pipeline.pull import PullReport, Selection, parse_shard, parse_time
 from annopull._progress import format_bytes
 from annopull._sinks import Sink, sink_for
-from annopull._sinks.previous import load_previous_versions
-from annopull._sources.kognic import DownloadReport, Selection, parse_shard, parse_time
 
 __all__ = ["register"]
 
@@ -120,15 +118,9 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.output == "-" and sys.stdout.isatty():
         raise ConfigError("refusing to write a zip to a terminal: redirect stdout, or use -o FILE")
     sink = sink_for(args.output, compress_level=ctx.config.engine.compress_level)
-    previous: Journal | None = None
     if args.skip_existing is not None:
         _check_not_replaced(args.skip_existing, args.output)
-        previous = await anyio.to_thread.run_sync(load_previous_versions, args.skip_existing)
-    selection = Selection(
-        since=args.since,
-        skip=previous.version_of if previous is not None else None,
-        shard=args.shard,
-    )
+    selection = Selection(since=args.since, skip_existing=args.skip_existing, shard=args.shard)
     progress = make_progress(ctx, f"kognic {args.project}/{args.annotation_type}")
     try:
         async with ctx.client() as client:
@@ -147,9 +139,6 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     except anyio.get_cancelled_exc_class():
         _hint_resume(sink, sys.argv)
         raise
-    finally:
-        if previous is not None:
-            previous.close()
     write_summary(args.summary, report.to_dict())
     _print_summary(report)
     return EXIT_OK if report.ok else EXIT_FAILED
@@ -164,7 +153,7 @@ def _check_not_replaced(previous: Path, output: str) -> None:
         )
 
 
-def _print_summary(report: DownloadReport) -> None:
+def _print_summary(report: PullReport) -> None:
     rate = report.downloaded / report.elapsed if report.elapsed > 0 else 0.0
     line = (
         f"annopull: {report.output}: {report.downloaded} annotations "
@@ -177,7 +166,7 @@ def _print_summary(report: DownloadReport) -> None:
 
 
 def _hint_resume(sink: Sink, argv: list[str]) -> None:
-    journal = sink.journal_path
+    journal = sink.state_path
     if journal is None:
         hint = "a zip streamed to stdout cannot be resumed"
     elif not journal.exists():

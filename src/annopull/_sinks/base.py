@@ -1,20 +1,36 @@
-"""The sink interface: where pulled entries go, one at a time, as streams of chunks."""
+"""The sink interface: where pulled entries go, one at a time, as streams of chunks.
+
+A sink turns entries into an output format (a zip, files in a folder, JSON Lines) and writes
+it through a storage (:mod:`annopull._storage`). It keeps no journal of its own: for each
+entry it hands back a *receipt*, which whoever drives it (the pull pipeline) records beside
+the item's key and version, and gives back through :class:`Records` to resume or finish.
+
+Life of a sink::
+
+    sink.attach(records, resume=...)     # what was recorded before (on resume)
+    async with sink:                     # opens; closes on success, aborts on error
+        receipt = await sink.write(info, chunks)
+        await sink.flush()               # before the receipts are committed as durable
+    sink.result                          # what the finished output holds
+"""
 
 from __future__ import annotations
 
 import abc
-import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import TracebackType
+from typing import ClassVar, Protocol, Self, TypeVar
 
 import anyio
 
-from annopull._errors import ConfigError, ResumeError, TransferError
-from annopull._pipeline.journal import Journal
+from annopull._errors import AnnopullError
 
-__all__ = ["Checkpointer", "EntryInfo", "Sink", "SinkResult"]
+__all__ = ["EntryInfo", "Records", "Sink", "SinkResult", "run_shielded"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -22,12 +38,14 @@ class EntryInfo:
     """What a sink needs to know about one entry besides its bytes.
 
     Args:
-        name: the entry's name in the output (``{scene_uuid}.json``); sinks sanitise it.
-        key: the item's identity (the scene uuid), for resume and skip-existing.
-        version: the item's version (the annotation's ``created``).
+        name: the entry's name in the output: sanitised and unique (the driver's job).
+        key: the item's identity (a scene uuid, a URL).
+        version: the item's version (an annotation's ``created``).
         mtime: the entry's time stamp in the output.
         size: the byte count, when known before the bytes arrive.
         fields: extra fields of the item (JSON Lines writes them beside the content).
+        json: whether the content must be a JSON document (JSON Lines embeds it; a
+            non-JSON body is refused). When False, JSON Lines stores other bytes as base64.
     """
 
     name: str
@@ -36,6 +54,7 @@ class EntryInfo:
     mtime: datetime | None = None
     size: int | None = None
     fields: Mapping[str, str] = field(default_factory=dict)
+    json: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,21 +66,35 @@ class SinkResult:
     bytes_written: int
 
 
-class Sink(abc.ABC):
-    """Where entries go: opened once, written entry by entry, then closed or aborted.
+class Records(Protocol):
+    """The receipts a sink handed out, as its driver recorded them (write order)."""
 
-    A sink keeps a journal of the entries it holds, beside its output, so that an
-    interrupted run can be resumed (``resume=True``) and an entry is never written twice.
+    def receipts(self) -> Iterator[bytes]:
+        """Every recorded receipt, oldest first (earlier runs' too, on resume)."""
+
+    def last_receipt(self) -> bytes | None:
+        """The receipt of the entry written last, or ``None``."""
+
+    def count(self) -> int:
+        """How many receipts are recorded."""
+
+
+class Sink(abc.ABC):
+    """Where entries go: attached to its records, opened once, written, then closed or aborted.
+
     ``write`` is called by one task at a time; what the caller's chunk iterator raises
-    passes through unchanged and leaves no half entry behind.
+    passes through unchanged and leaves no half entry behind. An entry the sink cannot take
+    (an unusable name, content that is not JSON for JSON Lines) raises an
+    :class:`~annopull.AnnopullError` for that entry alone; the sink stays usable.
     """
 
-    #: Output kind recorded in the journal, so a resume into another kind is refused.
-    kind: str = ""
+    #: Output kind recorded in the ledger, so a resume into another kind is refused.
+    kind: ClassVar[str] = ""
 
     def __init__(self) -> None:
-        self._journal: Journal | None = None
-        self._held: Journal | None = None
+        self._records: Records | None = None
+        self._resume = False
+        self._result: SinkResult | None = None
 
     @property
     @abc.abstractmethod
@@ -69,51 +102,67 @@ class Sink(abc.ABC):
         """The output, as shown to a person (a path, or ``stdout``)."""
 
     @property
-    def journal_path(self) -> Path | None:
-        """Where the journal lives, or ``None`` for a sink that cannot be resumed."""
-        return None
-
-    @property
-    def journal(self) -> Journal:
-        if self._journal is None:
-            raise RuntimeError(f"{type(self).__name__} is not open")
-        return self._journal
+    @abc.abstractmethod
+    def state_path(self) -> Path | None:
+        """Where the driver keeps its ledger beside the output; ``None``: cannot resume."""
 
     @abc.abstractmethod
-    async def open(self, *, fingerprint: Mapping[str, str], resume: bool = False) -> bool:
-        """Prepare the output; return True when an interrupted run is being resumed.
+    def has_partial(self) -> bool:
+        """Whether an interrupted run's unfinished output is there (blocking)."""
 
-        Args:
-            fingerprint: what the run is for; a resumed journal must match it.
-            resume: continue an interrupted run when its journal is there (a fresh start
-                when there is none, so that scripts can always pass it).
+    def prepare(self) -> None:  # noqa: B027 - a hook most sinks do not need
+        """Create what the ledger's place needs (a folder output's folder); blocking."""
+
+    def attach(self, records: Records, *, resume: bool) -> None:
+        """Give the sink its records; with ``resume`` it continues the unfinished output."""
+        self._records = records
+        self._resume = resume
+
+    @property
+    def records(self) -> Records:
+        if self._records is None:
+            raise RuntimeError(f"{type(self).__name__} has no records: attach() it first")
+        return self._records
+
+    @property
+    def result(self) -> SinkResult:
+        """What the finished output holds (after a successful ``async with``)."""
+        if self._result is None:
+            raise RuntimeError(f"{type(self).__name__} is not finished")
+        return self._result
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Start the output, or continue the unfinished one when attached with ``resume``.
 
         Raises:
-            ResumeError: an interrupted run is there but ``resume`` was not asked for, or
-                its journal does not match ``fingerprint`` or the partial output.
+            ResumeError: the unfinished output does not match its records.
         """
 
     @abc.abstractmethod
-    async def write(self, info: EntryInfo, chunks: AsyncIterable[bytes]) -> str:
-        """Write one entry and return the name it got in the output."""
+    async def write(self, info: EntryInfo, chunks: AsyncIterable[bytes]) -> bytes:
+        """Write one entry and return its receipt."""
 
     async def write_many(
         self, entries: Sequence[tuple[EntryInfo, bytes]]
-    ) -> list[str | TransferError]:
+    ) -> list[bytes | AnnopullError]:
         """Write several entries whose bytes are in memory, in order.
 
-        Returns each entry's name in the output, or, in its place, the
-        :class:`TransferError` that refused that one entry (e.g. content that is not JSON
-        for a JSON Lines output); the others are written all the same. Sinks with a
-        per-call cost (a worker-thread hop) override this to pay it once.
+        Returns each entry's receipt, or, in its place, the error that refused that one
+        entry; the others are written all the same. Sinks with a per-call cost (a
+        worker-thread hop) override this to pay it once.
         """
-        results: list[str | TransferError] = []
+        results: list[bytes | AnnopullError] = []
         for info, data in entries:
             try:
                 results.append(await self.write(info, _single(data)))
-            except TransferError as exc:
+            except AnnopullError as exc:
                 results.append(exc)
         return results
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Make every entry written so far durable (before its receipt is committed)."""
 
     @abc.abstractmethod
     async def close(self) -> SinkResult:
@@ -121,111 +170,37 @@ class Sink(abc.ABC):
 
     @abc.abstractmethod
     async def abort(self) -> None:
-        """Stop, keeping every finished entry durable and journaled for a resume."""
+        """Stop, keeping every finished entry durable for a resume."""
 
-    def version_of(self, key: str) -> str | None:
-        """The version of ``key`` that an interrupted run already wrote, or ``None``.
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
 
-        Answered from a second, read-only connection to the journal: the writer uses the
-        first one from worker threads, and SQLite keeps two connections consistent where
-        one shared across threads would need a lock around every call.
-        """
-        return self._held.version_of(key) if self._held is not None and key else None
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Shielded both ways: a stop signal arriving while the output is being finished must
+        # not leave a complete output looking interrupted, nor an aborted one half-flushed.
+        with anyio.CancelScope(shield=True):
+            if exc is None:
+                self._result = await self.close()
+            else:
+                await self.abort()
 
-    def holds(self, key: str) -> bool:
-        """Whether this run's output already has an entry for ``key`` (pending ones too).
 
-        Call it only between writes: it uses the writer's own journal connection, which is
-        idle then.
-        """
-        return bool(key) and self.journal.version_of(key) is not None
+async def run_shielded(func: Callable[..., T], *args: object) -> T:
+    """Run blocking ``func`` in a worker thread, shielded from cancellation.
 
-    def _close_held(self) -> None:
-        if self._held is not None:
-            self._held.close()
-            self._held = None
-
-    def _close_journals(self, *, delete: bool) -> None:
-        self._close_held()
-        if delete:
-            self.journal.delete()
-        else:
-            self.journal.close()
-
-    async def _open_journal(
-        self, *, fingerprint: Mapping[str, str], resume: bool, partial: Path
-    ) -> tuple[Journal, bool]:
-        """The journal for this run: the interrupted run's (resume) or a fresh one."""
-        path = self.journal_path
-        if path is not None and not await anyio.Path(path.parent).is_dir():
-            raise ConfigError(f"the output's folder does not exist: {path.parent}")
-        if path is None:
-            return await anyio.to_thread.run_sync(lambda: Journal.temporary(kind=self.kind)), False
-        leftover = await anyio.Path(path).exists() and await anyio.Path(partial).exists()
-        if leftover and resume:
-
-            def reopen() -> Journal:
-                return Journal.open_existing(path, kind=self.kind, fingerprint=fingerprint)
-
-            journal = await anyio.to_thread.run_sync(reopen)
-            self._held = await anyio.to_thread.run_sync(reopen)
-            return journal, True
-        if leftover:
-            raise ResumeError(
-                f"{partial} holds an interrupted run: add --resume to continue it, "
-                f"or delete it and {path.name} to start over"
-            )
-        journal = await anyio.to_thread.run_sync(
-            lambda: Journal.create(path, kind=self.kind, fingerprint=fingerprint)
-        )
-        return journal, False
+    For work that must finish once started (a batch appended whole), so a stop signal can
+    never leave half of it behind.
+    """
+    with anyio.CancelScope(shield=True):
+        return await anyio.to_thread.run_sync(func, *args)
+    raise AssertionError("unreachable: a shielded scope does not swallow the return")
 
 
 async def _single(data: bytes) -> AsyncIterator[bytes]:
     yield data
-
-
-class Checkpointer:
-    """Makes a sink's data and then its journal durable every so many entries or seconds.
-
-    Each checkpoint costs an fsync or two, so it is batched; a crash loses at most one batch
-    of entries, which a resume fetches again.
-
-    Args:
-        journal: the sink's journal, committed after ``flush``.
-        flush: makes the sink's own data durable (runs in a worker thread).
-        every: entries between checkpoints.
-        interval: seconds between checkpoints.
-    """
-
-    def __init__(
-        self,
-        journal: Journal,
-        flush: Callable[[], None],
-        *,
-        every: int = 512,
-        interval: float = 2.0,
-    ) -> None:
-        self._journal = journal
-        self._flush = flush
-        self._every = every
-        self._interval = interval
-        self._pending = 0
-        self._last = time.monotonic()
-
-    async def entry_added(self) -> None:
-        """Count one journaled entry; checkpoint when the batch is full or old."""
-        self._pending += 1
-        if self._pending >= self._every or time.monotonic() - self._last >= self._interval:
-            await self.checkpoint()
-
-    async def checkpoint(self) -> None:
-        """Flush the data, then commit the journal (never the other way round)."""
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._checkpoint)
-
-    def _checkpoint(self) -> None:
-        self._flush()
-        self._journal.commit()
-        self._pending = 0
-        self._last = time.monotonic()

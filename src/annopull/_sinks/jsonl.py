@@ -1,131 +1,146 @@
-"""JSON Lines output: one line per annotation, its fields beside its parsed content."""
+"""JSON Lines output: one line per entry, its fields beside its parsed content."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterable, Mapping
+import base64
+import struct
+from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import Final
 
 import anyio
 import orjson
 
-from annopull._errors import TransferError, ZipFormatError
-from annopull._pipeline.journal import JournalEntry
-from annopull._sinks.base import Checkpointer, EntryInfo, Sink, SinkResult
+from annopull._errors import AnnopullError, ResumeError, TransferError
+from annopull._sinks.base import EntryInfo, Sink, SinkResult, run_shielded
+from annopull._storage.base import Blob, ObjectStorage
+from annopull._storage.local import LocalFile
 
 __all__ = ["JsonlSink"]
+
+#: A line's receipt: where it starts and where it ends in the file.
+_RECEIPT: Final = struct.Struct("<QQ")
 
 
 class JsonlSink(Sink):
     """Writes ``{"scene_uuid":…, "annotation_type":…, "created":…, "content":{…}}`` lines.
 
-    The file is written as ``<path>.part`` and renamed when complete; the journal beside it
-    records each line's end offset, so a resume cuts off a torn last line and goes on.
+    The fields are the item's (a Kognic annotation's above); the content is embedded as JSON.
+    The file is written as ``<path>.part`` and renamed when complete; each line's end offset
+    is its receipt, so a resume cuts off a torn last line and goes on.
 
     Args:
-        path: the ``.jsonl`` file to produce.
+        path: the ``.jsonl`` file to produce, or any
+            :class:`~annopull._storage.base.ObjectStorage`.
     """
 
     kind = "jsonl"
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str | ObjectStorage) -> None:
         super().__init__()
-        self.path = Path(path)
-        self._part = self.path.with_name(self.path.name + ".part")
-        self._file: IO[bytes] | None = None
-        self._offset = 0
-        self._checkpointer: Checkpointer | None = None
+        self._storage = path if isinstance(path, ObjectStorage) else LocalFile(Path(path))
+        self._blob: Blob | None = None
+
+    def __repr__(self) -> str:
+        return f"JsonlSink({self.description!r})"
 
     @property
     def description(self) -> str:
-        return str(self.path)
+        return self._storage.description
 
     @property
-    def journal_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".journal")
+    def state_path(self) -> Path | None:
+        return self._storage.state_path
 
-    async def open(self, *, fingerprint: Mapping[str, str], resume: bool = False) -> bool:
-        journal, resumed = await self._open_journal(
-            fingerprint=fingerprint, resume=resume, partial=self._part
-        )
-        self._journal = journal
-        last = journal.last()
-        self._offset = last.end_offset if resumed and last is not None else 0
-        self._file = await anyio.to_thread.run_sync(self._open_part, resumed)
-        self._checkpointer = Checkpointer(journal, self._flush)
-        return resumed
+    def has_partial(self) -> bool:
+        return self._storage.has_partial()
 
-    def _open_part(self, resumed: bool) -> IO[bytes]:
-        file = self._part.open("r+b" if resumed else "wb")
-        if resumed:
-            if os.fstat(file.fileno()).st_size < self._offset:
-                file.close()
-                raise ZipFormatError(
-                    f"{self._part} is shorter than its journal says; delete it and "
-                    f"{self.journal_path.name} to start over"
+    async def open(self) -> None:
+        last = self.records.last_receipt() if self._resume else None
+        end = _RECEIPT.unpack(last)[1] if last is not None else 0
+        self._blob = await anyio.to_thread.run_sync(self._open_blob, end)
+
+    def _open_blob(self, end: int) -> Blob:
+        blob = self._storage.open(resume=self._resume)
+        if self._resume:
+            if blob.position < end:
+                blob.close()
+                raise ResumeError(
+                    f"the unfinished file is {blob.position} bytes, its journal expects "
+                    f"at least {end}",
+                    item=self.description,
                 )
-            file.truncate(self._offset)
-            file.seek(self._offset)
-        return file
+            blob.truncate(end)
+        return blob
 
-    async def write(self, info: EntryInfo, chunks: AsyncIterable[bytes]) -> str:
+    @property
+    def _current(self) -> Blob:
+        if self._blob is None:
+            raise RuntimeError("JsonlSink is not open")
+        return self._blob
+
+    async def write(self, info: EntryInfo, chunks: AsyncIterable[bytes]) -> bytes:
         content = b"".join([chunk async for chunk in chunks])
-        line = await anyio.to_thread.run_sync(_line, info, content)
-        start = self._offset
-        await anyio.to_thread.run_sync(self._append, line)
-        self.journal.add(
-            JournalEntry(
-                name=info.name,
-                key=info.key,
-                version=info.version,
-                offset=start,
-                end_offset=self._offset,
-                uncompressed_size=len(content),
-            )
-        )
-        assert self._checkpointer is not None
-        await self._checkpointer.entry_added()
-        return info.name
+        [receipt] = await self.write_many([(info, content)])
+        if isinstance(receipt, AnnopullError):
+            raise receipt
+        return receipt
 
-    def _append(self, line: bytes) -> None:
-        assert self._file is not None
-        self._file.write(line)
-        self._offset += len(line)
+    async def write_many(
+        self, entries: Sequence[tuple[EntryInfo, bytes]]
+    ) -> list[bytes | AnnopullError]:
+        """Encode and append every line in one worker-thread call."""
+        blob = self._current
+        # Shielded: a line is appended whole or not at all before anything awaits again.
+        return await run_shielded(_append_lines, blob, entries)
 
-    def _flush(self) -> None:
-        assert self._file is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
+    async def flush(self) -> None:
+        await anyio.to_thread.run_sync(self._current.sync)
 
     async def close(self) -> SinkResult:
-        assert self._checkpointer is not None
-        await self._checkpointer.checkpoint()
-        entries = self.journal.count()
-        await anyio.to_thread.run_sync(self._finish)
-        return SinkResult(output=str(self.path), entries=entries, bytes_written=self._offset)
-
-    def _finish(self) -> None:
-        assert self._file is not None
-        self._file.close()
-        os.replace(self._part, self.path)
-        self._close_journals(delete=True)
+        blob = self._current
+        size = blob.position
+        await anyio.to_thread.run_sync(self._storage.publish, blob)
+        return SinkResult(output=self.description, entries=self.records.count(), bytes_written=size)
 
     async def abort(self) -> None:
-        if self._file is None or self._checkpointer is None:
-            return
-        await self._checkpointer.checkpoint()
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._file.close)
-        self._close_journals(delete=False)
+        if self._blob is not None:
+            blob = self._blob
+            await anyio.to_thread.run_sync(_sync_and_close, blob)
+
+
+def _sync_and_close(blob: Blob) -> None:
+    try:
+        blob.sync()
+    finally:
+        blob.close()
+
+
+def _append_lines(
+    blob: Blob, entries: Sequence[tuple[EntryInfo, bytes]]
+) -> list[bytes | AnnopullError]:
+    results: list[bytes | AnnopullError] = []
+    for info, content in entries:
+        try:
+            line = _line(info, content)
+        except TransferError as exc:
+            results.append(exc)
+            continue
+        start = blob.position
+        blob.write(line)
+        results.append(_RECEIPT.pack(start, blob.position))
+    return results
 
 
 def _line(info: EntryInfo, content: bytes) -> bytes:
-    """One JSON line; the content is checked to be JSON and embedded without re-encoding."""
+    """One JSON line; JSON content is checked and embedded without re-encoding."""
     try:
         parsed = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
-        raise TransferError(f"content is not valid JSON: {exc}", item=info.key) from None
+        if info.json:
+            raise TransferError(f"content is not valid JSON: {exc}", item=info.key) from None
+        encoded = base64.b64encode(content).decode()
+        return orjson.dumps({**info.fields, "content_base64": encoded}) + b"\n"
     # Raw bytes are spliced in as they came unless they span lines (pretty-printed JSON),
     # which would break the one-record-per-line promise.
     embedded = parsed if b"\n" in content or b"\r" in content else orjson.Fragment(content)

@@ -8,14 +8,13 @@ into a :class:`~annopull._pipeline.buffers.Spool`, then go one by one into a sin
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,23 +23,15 @@ import anyio
 import orjson
 
 from annopull._config import KognicConfig
-from annopull._errors import AnnopullError, ApiError, ConfigError, NotFoundError, TransferError
+from annopull._errors import ApiError, ConfigError, NotFoundError
 from annopull._pipeline.buffers import Spool
+from annopull._pipeline.pull import Item, PullReport, Selection, Selector, parse_time, pull
 from annopull._pipeline.scheduler import Fetched, fan_out, sole_error
-from annopull._progress import NullProgress, Progress
-from annopull._sinks.base import EntryInfo, Sink
-from annopull._transport.http import AuthProvider, Transport
+from annopull._progress import Progress
+from annopull._sinks.base import Sink
+from annopull._transport.http import AuthProvider, ByteTarget, Transport
 
-__all__ = [
-    "Annotation",
-    "AnnotationRef",
-    "DownloadReport",
-    "Failure",
-    "KognicSource",
-    "Selection",
-    "parse_shard",
-    "parse_time",
-]
+__all__ = ["Annotation", "AnnotationRef", "KognicSource"]
 
 #: Listing pages re-read for fresh signed URLs that are kept, and for how long.
 _FRESH_PAGES = 8
@@ -80,114 +71,6 @@ class Annotation:
     def json(self) -> Any:
         """The content parsed (``{"openlabel": {...}}``)."""
         return orjson.loads(self.content)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Failure:
-    """An item that did not arrive, and why."""
-
-    item: str
-    reason: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class DownloadReport:
-    """What a bulk download did."""
-
-    output: str
-    listed: int
-    downloaded: int
-    skipped: int
-    failures: tuple[Failure, ...]
-    bytes: int
-    elapsed: float
-    resumed: bool
-
-    @property
-    def ok(self) -> bool:
-        """True when every wanted item arrived."""
-        return not self.failures
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready data (the CLI's ``--summary``)."""
-        return {
-            "status": "complete" if self.ok else "partial",
-            "output": self.output,
-            "listed": self.listed,
-            "downloaded": self.downloaded,
-            "skipped": self.skipped,
-            "failed": [{"item": f.item, "reason": f.reason} for f in self.failures],
-            "bytes": self.bytes,
-            "elapsed_s": round(self.elapsed, 3),
-            "resumed": self.resumed,
-        }
-
-
-@dataclass(frozen=True, kw_only=True)
-class Selection:
-    """Which listed annotations to fetch.
-
-    Args:
-        since: only annotations created after this moment.
-        skip: a lookup of versions already held elsewhere (``key -> created``); an
-            annotation whose ``created`` equals its entry there is skipped.
-        shard: ``(k, n)``: only scenes whose uuid hashes to shard ``k`` of ``n`` (1-based).
-    """
-
-    since: datetime | None = None
-    skip: Callable[[str], str | None] | None = None
-    shard: tuple[int, int] | None = None
-
-    def wants(self, ref: AnnotationRef) -> bool:
-        """Whether ``ref`` passes every filter."""
-        if self.shard is not None and not in_shard(ref.scene_uuid, self.shard):
-            return False
-        if self.since is not None and parse_time(ref.created) <= self.since:
-            return False
-        return not (self.skip is not None and _same_time(self.skip(ref.scene_uuid), ref.created))
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO 8601 time as an aware datetime (UTC when it names no zone).
-
-    Raises:
-        ConfigError: ``text`` is not an ISO 8601 time.
-    """
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
-    except ValueError:
-        raise ConfigError(f"not an ISO 8601 time: {text!r}") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def _same_time(held: str | None, created: str) -> bool:
-    if held is None:
-        return False
-    if held == created:
-        return True
-    try:
-        return abs(parse_time(held).timestamp() - parse_time(created).timestamp()) < 0.001
-    except ConfigError:
-        return False
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"2/8"`` -> ``(2, 8)``.
-
-    Raises:
-        ConfigError: not ``K/N`` with ``1 <= K <= N``.
-    """
-    k, _, n = text.partition("/")
-    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
-        raise ConfigError(f"--shard takes K/N with 1 <= K <= N, got {text!r}")
-    return int(k), int(n)
-
-
-def in_shard(scene_uuid: str, shard: tuple[int, int]) -> bool:
-    """Stable across processes and machines: a hash of the uuid, not Python's ``hash``."""
-    k, n = shard
-    digest = hashlib.blake2b(scene_uuid.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % n == k - 1
 
 
 class KognicSource:
@@ -287,18 +170,18 @@ class KognicSource:
             project: the project identifier.
             annotation_type: the annotation type.
             batch: only this batch.
-            selection: filters (since, skip, shard).
+            selection: filters (since, skip-existing, shard).
             concurrency: fetches in flight; the engine's setting by default.
         """
         limit = concurrency or self._transport.engine.concurrency
-        listing = self.list_annotations(project, annotation_type, batch=batch)
-        refs = self._filtered(listing, selection or Selection(), None)
+        listing = _Listing(self, project, annotation_type, batch=batch, cartesian=False)
         send, receive = anyio.create_memory_object_stream[Annotation](limit)
 
-        async def fetch(ref: AnnotationRef) -> Annotation:
+        async def fetch(item: _KognicItem) -> Annotation:
             # The app asked for the content as bytes: it is held in memory whole.
             spool = Spool(memory_limit=sys.maxsize)
-            await self._fetch(ref, spool, NullProgress())
+            await self._fetch(item.ref, spool, on_bytes=None)
+            ref = item.ref
             return Annotation(
                 scene_uuid=ref.scene_uuid,
                 annotation_type=ref.annotation_type,
@@ -306,13 +189,19 @@ class KognicSource:
                 content=spool.getvalue(),
             )
 
-        async def forward(batch: list[Fetched[AnnotationRef, Annotation]]) -> None:
+        async def forward(batch: list[Fetched[_KognicItem, Annotation]]) -> None:
             for fetched in batch:
                 await send.send(fetched.result)
 
+        async def selected(selector: Selector) -> AsyncIterator[_KognicItem]:
+            async with aclosing(listing.items()) as items:
+                async for item in items:
+                    if selector.wants(item):
+                        yield item
+
         async def run() -> None:
-            async with send:
-                await fan_out(refs, fetch, forward, concurrency=limit)
+            async with send, Selector(selection or Selection()) as selector:
+                await fan_out(selected(selector), fetch, forward, concurrency=limit)
 
         with sole_error():
             async with anyio.create_task_group() as tg, receive:
@@ -332,7 +221,7 @@ class KognicSource:
         cartesian: bool = False,
         progress: Progress | None = None,
         spool_dir: Path | None = None,
-    ) -> DownloadReport:
+    ) -> PullReport:
         """Download every (selected) annotation into ``sink`` and report what happened.
 
         One entry ``{scene_uuid}.json`` per annotation, the content byte for byte. Items that
@@ -351,61 +240,17 @@ class KognicSource:
             progress: where progress goes.
             spool_dir: where items larger than the engine's ``spool_memory`` wait on disk.
         """
-        run = _Run(progress or NullProgress())
-        fingerprint = {
-            "source": "kognic",
-            "project": project,
-            "batch": batch or "",
-            "annotation_type": annotation_type,
-            "cartesian": str(cartesian).lower(),
-            "shard": "/".join(map(str, selection.shard)) if selection and selection.shard else "",
-            # A resume with another --since would leave a mix of two selections in one output.
-            "since": selection.since.isoformat() if selection and selection.since else "",
-        }
-        listing = self.list_annotations(project, annotation_type, batch=batch, cartesian=cartesian)
-        # The first page is read before any output exists, so a wrong project or bad
-        # credentials leave nothing behind.
-        first = await anext(listing, None)
-        resumed = await sink.open(fingerprint=fingerprint, resume=resume)
         engine = self._transport.engine
-        refs = self._filtered(
-            _prepend(first, listing), selection or Selection(), run, sink.version_of
+        return await pull(
+            _Listing(self, project, annotation_type, batch=batch, cartesian=cartesian),
+            sink,
+            selection=selection,
+            resume=resume,
+            progress=progress,
+            concurrency=engine.concurrency,
+            spool_memory=engine.spool_memory,
+            spool_dir=spool_dir,
         )
-
-        async def fetch(ref: AnnotationRef) -> Spool | None:
-            spool = Spool(memory_limit=engine.spool_memory, directory=spool_dir)
-            try:
-                await self._fetch(ref, spool, run.progress)
-            except AnnopullError as exc:
-                await spool.aclose()
-                run.fail(ref.scene_uuid, exc)
-                return None
-            except BaseException:
-                await spool.aclose()
-                raise
-            return spool
-
-        async def write(batch: list[Fetched[AnnotationRef, Spool]]) -> None:
-            try:
-                await _write_batch(sink, batch, run)
-            finally:
-                for fetched in batch:
-                    await fetched.result.aclose()
-
-        async def discard(spool: Spool) -> None:
-            await spool.aclose()
-
-        try:
-            await fan_out(refs, fetch, write, concurrency=engine.concurrency, discard=discard)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await sink.abort()
-            raise
-        # Shielded: a stop signal arriving while the output is being finished must not leave
-        # a complete archive looking interrupted; the run then ends as a success.
-        with anyio.CancelScope(shield=True):
-            result = await sink.close()
-        return run.report(result.output, resumed=resumed)
 
     # -- internals ---------------------------------------------------------------------
     async def _page(
@@ -422,26 +267,9 @@ class KognicSource:
         next_cursor = (body.get("metadata") or {}).get("nextCursorId")
         return refs, None if next_cursor is None else str(next_cursor)
 
-    async def _filtered(
-        self,
-        refs: AsyncGenerator[AnnotationRef, None],
-        selection: Selection,
-        run: _Run | None,
-        held: Callable[[str], str | None] | None = None,
-    ) -> AsyncGenerator[AnnotationRef, None]:
-        async with aclosing(refs):
-            async for ref in refs:
-                if run is not None:
-                    run.progress.listed()
-                already = held is not None and held(ref.scene_uuid) is not None
-                if not already and selection.wants(ref):
-                    yield ref
-                elif run is not None:
-                    run.skip()
-        if run is not None:
-            run.progress.listing_done()
-
-    async def _fetch(self, ref: AnnotationRef, spool: Spool, progress: Progress) -> None:
+    async def _fetch(
+        self, ref: AnnotationRef, target: ByteTarget, *, on_bytes: Callable[[int], None] | None
+    ) -> None:
         last = ref.uri
 
         async def refresh() -> str:
@@ -450,11 +278,7 @@ class KognicSource:
             return last
 
         await self._transport.download(
-            ref.uri,
-            spool,
-            refresh_url=refresh,
-            on_bytes=progress.bytes,
-            item=ref.scene_uuid,
+            ref.uri, target, refresh_url=refresh, on_bytes=on_bytes, item=ref.scene_uuid
         )
 
     async def _fresh_uri(self, ref: AnnotationRef, *, stale: str) -> str:
@@ -482,99 +306,6 @@ class KognicSource:
         return uri
 
 
-class _Run:
-    """Counters and failures of one download."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.started = time.monotonic()
-        self.listed = 0
-        self.downloaded = 0
-        self.skipped = 0
-        self.bytes = 0
-        self.failures: list[Failure] = []
-
-    def skip(self) -> None:
-        self.listed += 1
-        self.skipped += 1
-        self.progress.item_done(skipped=True)
-
-    def done(self, size: int) -> None:
-        self.listed += 1
-        self.downloaded += 1
-        self.bytes += size
-        self.progress.item_done()
-
-    def settle(self, item: str, size: int, outcome: str | AnnopullError) -> None:
-        """Count a written item, or a failed one when ``outcome`` is its error."""
-        if isinstance(outcome, AnnopullError):
-            self.fail(item, outcome)
-        else:
-            self.done(size)
-
-    def fail(self, item: str, exc: AnnopullError) -> None:
-        self.listed += 1
-        self.failures.append(Failure(item=item, reason=str(exc)))
-        self.progress.item_failed()
-
-    def report(self, output: str, *, resumed: bool) -> DownloadReport:
-        return DownloadReport(
-            output=output,
-            listed=self.listed,
-            downloaded=self.downloaded,
-            skipped=self.skipped,
-            failures=tuple(self.failures),
-            bytes=self.bytes,
-            elapsed=time.monotonic() - self.started,
-            resumed=resumed,
-        )
-
-
-async def _write_batch(sink: Sink, batch: list[Fetched[AnnotationRef, Spool]], run: _Run) -> None:
-    """Write fetched items: those in memory together (one sink call), spilled ones streamed."""
-    batch = _first_of_each_scene(sink, batch, run)
-    small = [f for f in batch if f.result.in_memory]
-    entries = [(_entry_info(f.item, f.result.size), f.result.getvalue()) for f in small]
-    for fetched, outcome in zip(small, await sink.write_many(entries), strict=True):
-        run.settle(fetched.item.scene_uuid, fetched.result.size, outcome)
-    for fetched in batch:
-        if fetched.result.in_memory:
-            continue
-        ref, spool = fetched.item, fetched.result
-        written: str | TransferError
-        try:
-            written = await sink.write(_entry_info(ref, spool.size), spool.chunks())
-        except TransferError as exc:
-            written = exc
-        run.settle(ref.scene_uuid, spool.size, written)
-
-
-def _first_of_each_scene(
-    sink: Sink, batch: list[Fetched[AnnotationRef, Spool]], run: _Run
-) -> list[Fetched[AnnotationRef, Spool]]:
-    """Drop scenes the output already holds: a listing that shifts while it is paged can
-    name a scene twice, and the output must hold each scene once."""
-    kept: dict[str, Fetched[AnnotationRef, Spool]] = {}
-    for fetched in batch:
-        scene = fetched.item.scene_uuid
-        if scene in kept or sink.holds(scene):
-            run.skip()
-        else:
-            kept[scene] = fetched
-    return list(kept.values())
-
-
-async def _prepend(
-    first: AnnotationRef | None, rest: AsyncGenerator[AnnotationRef, None]
-) -> AsyncGenerator[AnnotationRef, None]:
-    async with aclosing(rest):
-        if first is None:
-            return
-        yield first
-        async for ref in rest:
-            yield ref
-
-
 def _seg(value: str) -> str:
     return quote(value, safe="")
 
@@ -599,20 +330,69 @@ def _ref(item: Any, page: PageKey, url: str) -> AnnotationRef:
         raise ApiError("search answer holds a malformed item", url=url) from None
 
 
-def _entry_info(ref: AnnotationRef, size: int) -> EntryInfo:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _KognicItem(Item):
+    """A listed annotation as the pipeline sees it."""
+
+    ref: AnnotationRef = field(repr=False)
+
+
+def _item(ref: AnnotationRef) -> _KognicItem:
     try:
         mtime: datetime | None = parse_time(ref.created)
     except ConfigError:
         mtime = None
-    return EntryInfo(
-        name=f"{ref.scene_uuid}.json",
+    return _KognicItem(
         key=ref.scene_uuid,
+        name=f"{ref.scene_uuid}.json",
         version=ref.created,
         mtime=mtime,
-        size=size,
         fields={
             "scene_uuid": ref.scene_uuid,
             "annotation_type": ref.annotation_type,
             "created": ref.created,
         },
+        ref=ref,
     )
+
+
+class _Listing:
+    """A project's (or batch's) annotations of one type, as a pipeline source."""
+
+    def __init__(
+        self,
+        kognic: KognicSource,
+        project: str,
+        annotation_type: str,
+        *,
+        batch: str | None,
+        cartesian: bool,
+    ) -> None:
+        self._kognic = kognic
+        self._project = project
+        self._type = annotation_type
+        self._batch = batch
+        self._cartesian = cartesian
+
+    @property
+    def fingerprint(self) -> Mapping[str, str]:
+        return {
+            "source": "kognic",
+            "project": self._project,
+            "batch": self._batch or "",
+            "annotation_type": self._type,
+            "cartesian": str(self._cartesian).lower(),
+        }
+
+    async def items(self) -> AsyncGenerator[_KognicItem, None]:
+        listing = self._kognic.list_annotations(
+            self._project, self._type, batch=self._batch, cartesian=self._cartesian
+        )
+        async with aclosing(listing):
+            async for ref in listing:
+                yield _item(ref)
+
+    async def fetch(
+        self, item: _KognicItem, target: ByteTarget, *, on_bytes: Callable[[int], None]
+    ) -> None:
+        await self._kognic._fetch(item.ref, target, on_bytes=on_bytes)

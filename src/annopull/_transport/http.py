@@ -4,8 +4,10 @@ Every request annopull makes goes through :class:`Transport`. It owns the only
 ``aiohttp.ClientSession`` of a client, retries what is worth retrying (408, 429, 5xx,
 timeouts, dropped connections, bodies cut short) with exponential backoff and full jitter,
 honours ``Retry-After``, and turns everything that still fails into the annopull error tree
-in exactly one place (:func:`_classify`). Storage downloads never carry an Authorization
-header: signed URLs are credentials of their own, and some stores reject the request.
+in exactly one place: :func:`_classify` names the :class:`~annopull._errors.TransferError`
+subclass of each failed attempt, and the give-up in :meth:`Transport._retrying` raises it.
+Storage downloads never carry an Authorization header: signed URLs are credentials of their
+own, and some stores reject the request.
 """
 
 from __future__ import annotations
@@ -21,16 +23,21 @@ import aiohttp
 import anyio
 import orjson
 
-from annopull import __name__ as _package
 from annopull._config import EngineConfig
 from annopull._errors import (
     AnnopullError,
     ApiError,
     AuthError,
+    InvalidResponseError,
+    NetworkError,
     NotFoundError,
+    RequestTimeoutError,
+    RetryableStatusError,
     TransferError,
+    TruncatedBodyError,
     redact_url,
 )
+from annopull._version import DISTRIBUTION, __version__
 
 __all__ = ["AuthProvider", "ByteTarget", "RateLimiter", "Transport", "parse_retry_after"]
 
@@ -44,7 +51,7 @@ RETRY_STATUSES = frozenset({408, 429, *range(500, 512), 598, 599})
 EXPIRED_URL_STATUSES = frozenset({400, 403})
 #: Cap on fresh-URL fetches for one download, so a store that never accepts cannot loop.
 MAX_URL_REFRESHES = 3
-USER_AGENT = f"{_package}/0.1"
+USER_AGENT = f"{DISTRIBUTION}/{__version__}"
 
 
 class AuthProvider(Protocol):
@@ -74,6 +81,9 @@ class ByteTarget(Protocol):
 class _Retry(Exception):
     """One attempt failed in a way that another attempt may fix.
 
+    ``cause`` is the error raised if this was the last attempt, decided where the failure is
+    recognised so that the give-up need not guess it back from the reason text.
+
     ``free`` marks a repeat the protocol calls for (a fresh token after a 401, a fresh
     signed URL after a 403), bounded by its own cap: it does not use up an attempt, so
     ``max_attempts=1`` disables retries without breaking token or URL renewal.
@@ -81,6 +91,7 @@ class _Retry(Exception):
 
     def __init__(
         self,
+        cause: type[TransferError],
         reason: str,
         *,
         status: int | None = None,
@@ -88,10 +99,21 @@ class _Retry(Exception):
         free: bool = False,
     ):
         super().__init__(reason)
+        self.cause = cause
         self.reason = reason
         self.status = status
         self.delay = delay
         self.free = free
+
+    def give_up(self, *, url: str, attempts: int, item: str | None) -> TransferError:
+        """The error to raise when no attempt is left."""
+        return self.cause(
+            f"giving up: {self.reason}",
+            url=url,
+            status=self.status,
+            attempts=attempts,
+            item=item,
+        )
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -221,13 +243,21 @@ class Transport:
                 if resp.status == 401 and auth is not None and sent_auth and not refetched:
                     refetched = True
                     await auth.invalidate(sent_auth)
-                    raise _Retry("credentials refused", status=401, delay=0.0, free=True)
+                    raise _Retry(
+                        RetryableStatusError,
+                        "credentials refused",
+                        status=401,
+                        delay=0.0,
+                        free=True,
+                    )
                 if resp.status >= 400:
                     self._raise_for_status(resp, payload, url=url, item=item)
                 try:
                     return orjson.loads(payload) if payload else None
                 except orjson.JSONDecodeError:
-                    raise _Retry("answer is not valid JSON", status=resp.status) from None
+                    raise _Retry(
+                        InvalidResponseError, "answer is not valid JSON", status=resp.status
+                    ) from None
 
         return await self._retrying(once, url=lambda: url, item=item)
 
@@ -277,11 +307,19 @@ class Transport:
                         self._raise_for_status(resp, await resp.read(), url=current, item=item)
                     refreshes += 1
                     current = await refresh_url()
-                    raise _Retry("signed URL expired", status=resp.status, delay=0.0, free=True)
+                    raise _Retry(
+                        RetryableStatusError,
+                        "signed URL expired",
+                        status=resp.status,
+                        delay=0.0,
+                        free=True,
+                    )
                 if resp.status == 416 and start:
                     # The bytes on disk do not fit what the server has: start over.
                     await cut_back(0)
-                    raise _Retry("range not satisfiable", status=416, delay=0.0)
+                    raise _Retry(
+                        RetryableStatusError, "range not satisfiable", status=416, delay=0.0
+                    )
                 if resp.status >= 400:
                     self._raise_for_status(resp, await resp.read(), url=current, item=item)
                 if start and not _continues_at(resp, start):
@@ -291,7 +329,7 @@ class Transport:
                     await target.write(chunk)
                     report(len(chunk))
             if expected is not None and target.size != expected:
-                raise _Retry(f"body ended at {target.size} of {expected} bytes")
+                raise _Retry(TruncatedBodyError, f"body ended at {target.size} of {expected} bytes")
             return target.size
 
         return await self._retrying(once, url=lambda: current, item=item)
@@ -316,13 +354,7 @@ class Transport:
                 if retry.free:
                     attempt -= 1
                 elif attempt >= policy.max_attempts:
-                    raise TransferError(
-                        f"giving up: {retry.reason}",
-                        url=url(),
-                        status=retry.status,
-                        attempts=attempt,
-                        item=item,
-                    ) from exc
+                    raise retry.give_up(url=url(), attempts=attempt, item=item) from exc
             delay = self._backoff(attempt, retry.delay)
             _log.info(
                 "retrying in %.1fs (attempt %d of %d): %s: %s",
@@ -348,6 +380,7 @@ class Transport:
         status = resp.status
         if status in RETRY_STATUSES:
             raise _Retry(
+                RetryableStatusError,
                 f"server answered {status}",
                 status=status,
                 delay=parse_retry_after(resp.headers.get("Retry-After")),
@@ -358,18 +391,29 @@ class Transport:
 
 
 def _classify(exc: Exception) -> _Retry:
-    """Translate a lower-layer failure into a retry, or re-raise it when it is a bug."""
+    """Translate a lower-layer failure into a retry, or re-raise it when it is a bug.
+
+    The order matters: aiohttp's timeouts are also ``OSError`` and ``ClientError``, and its
+    connector errors are ``OSError`` too, so the narrower causes are tested first.
+    """
     if isinstance(exc, TimeoutError):
-        return _Retry("timed out")
+        return _Retry(RequestTimeoutError, "timed out")
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return _Retry("body cut short")
+        return _Retry(TruncatedBodyError, "body cut short")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return _Retry(f"cannot connect: {exc.os_error.strerror or exc.os_error}")
+        return _Retry(NetworkError, f"cannot connect: {exc.os_error.strerror or exc.os_error}")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return _Retry("server disconnected")
+        return _Retry(NetworkError, "server disconnected")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # Raised by aiohttp's parser for an answer that is not HTTP (a bad status line).
+        return _Retry(InvalidResponseError, f"malformed answer: {_first_line(exc.message)}")
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return _Retry(f"{type(exc).__name__}: {exc}".split("\n", 1)[0][:200])
+        return _Retry(NetworkError, _first_line(f"{type(exc).__name__}: {exc}"))
     raise exc
+
+
+def _first_line(text: str) -> str:
+    return text.split("\n", 1)[0][:200]
 
 
 def _error_message(payload: bytes) -> str:

@@ -7,12 +7,8 @@ the archive itself surfaces as :class:`~annopull._errors.ZipFormatError` naming 
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-import re
 import stat
-import tempfile
 import zipfile
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +21,10 @@ import anyio.to_thread
 import orjson
 
 from annopull._errors import UnsafeEntryError, ZipFormatError
-from annopull._zip.writer import (
+from annopull._storage.base import AtomicFile
+from annopull._storage.local import LocalTree
+from annopull._zip.names import unsafe_name_reason
+from annopull._zip.records import (
     CENTRAL_HEADER,
     CENTRAL_SIG,
     END,
@@ -52,7 +51,6 @@ _CHUNK: Final = 1 << 20
 # Entries verified per worker-thread call: one hop per group keeps a million small entries
 # fast while cancellation is still noticed between groups.
 _VERIFY_GROUP: Final = 256
-_DRIVE: Final = re.compile(r"^[A-Za-z]:")
 # What a damaged archive raises inside zipfile: bad CRC or header (BadZipFile), broken deflate
 # data (zlib.error), a truncated file (EOFError).
 _READ_ERRORS: Final = (zipfile.BadZipFile, zlib.error, EOFError)
@@ -91,7 +89,7 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         raise ZipFormatError(f"cannot open zip: {exc}", item=str(path)) from exc
 
 
-def _drain(archive: zipfile.ZipFile, info: zipfile.ZipInfo, sink: IO[bytes] | None) -> int:
+def _drain(archive: zipfile.ZipFile, info: zipfile.ZipInfo, sink: AtomicFile | None) -> int:
     """Read one entry to the end (which makes zipfile check its CRC); return its size."""
     size = 0
     try:
@@ -133,20 +131,11 @@ async def verify_zip(path: Path) -> ZipCheck:
 
 def unsafe_entry_reason(info: zipfile.ZipInfo) -> str | None:
     """Why extracting ``info`` could write outside the destination, or ``None`` if it is safe."""
-    # orig_filename is the name as stored: zipfile cuts filename at a NUL, hiding what follows.
-    name = info.orig_filename
     mode = info.external_attr >> 16
     if info.create_system == 3 and stat.S_ISLNK(mode):
         return "symlink entry"
-    reasons = (
-        ("\x00" in name, "NUL in name"),
-        ("\\" in name, "backslash in name"),
-        (name.startswith("/"), "absolute path"),
-        (bool(_DRIVE.match(name)), "drive letter"),
-        (".." in name.split("/"), "'..' segment"),
-        (not name.strip("/"), "empty name"),
-    )
-    return next((reason for unsafe, reason in reasons if unsafe), None)
+    # orig_filename is the name as stored: zipfile cuts filename at a NUL, hiding what follows.
+    return unsafe_name_reason(info.orig_filename)
 
 
 def _check_all_safe(archive: zipfile.ZipFile) -> None:
@@ -158,28 +147,21 @@ def _check_all_safe(archive: zipfile.ZipFile) -> None:
             )
 
 
-def _extract_one(archive: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path) -> Path | None:
-    """Write one entry under ``root`` via a temp file and a rename; ``None`` for a folder."""
-    target = root.joinpath(*[s for s in info.filename.split("/") if s not in ("", ".")])
-    parent = target if info.is_dir() else target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    # A folder that already existed in dest may be a symlink pointing elsewhere.
-    if not parent.resolve().is_relative_to(root):
-        raise UnsafeEntryError("refusing entry behind a symlinked folder", item=info.filename)
+def _extract_one(archive: zipfile.ZipFile, info: zipfile.ZipInfo, tree: LocalTree) -> Path | None:
+    """Write one entry into ``tree`` atomically; ``None`` for a folder entry."""
+    name = "/".join(s for s in info.filename.split("/") if s not in ("", "."))
     if info.is_dir():
+        (tree.path / name).mkdir(parents=True, exist_ok=True)
         return None
-    fd, temp_name = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".part")
+    file = tree.create(name)
     try:
-        with os.fdopen(fd, "wb") as sink:
-            _drain(archive, info, sink)
-            # mkstemp makes 0600 files; give the file the mode a plain write would, like unzip.
-            os.fchmod(sink.fileno(), _file_mode(info))
-        os.replace(temp_name, target)
+        _drain(archive, info, file)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
+        file.discard()
         raise
-    return target
+    # Like unzip: the entry's permission bits, less the umask.
+    file.commit(mode=_file_mode(info))
+    return tree.path.joinpath(*name.split("/"))
 
 
 def _read_umask() -> int:
@@ -216,15 +198,16 @@ async def extract_zip(path: Path, dest: Path) -> ExtractReport:
     archive = await anyio.to_thread.run_sync(_open_zip, path)
     try:
         await anyio.to_thread.run_sync(_check_all_safe, archive)
-        await anyio.to_thread.run_sync(functools.partial(dest.mkdir, parents=True, exist_ok=True))
-        root = await anyio.to_thread.run_sync(dest.resolve)
+        tree = LocalTree(dest)
+        await anyio.to_thread.run_sync(tree.prepare)
         files: list[Path] = []
         written = 0
         for info in archive.infolist():
-            target = await anyio.to_thread.run_sync(_extract_one, archive, info, root)
+            target = await anyio.to_thread.run_sync(_extract_one, archive, info, tree)
             if target is not None:
                 files.append(target)
                 written += info.file_size
+        await anyio.to_thread.run_sync(tree.sync)
         return ExtractReport(files=tuple(files), bytes_written=written)
     finally:
         archive.close()

@@ -1,4 +1,4 @@
-"""Versions held by an earlier output, for ``--skip-existing``.
+"""Versions held by an earlier output, for skip-existing.
 
 A finished zip carries each annotation's ``created`` as its entry comment, a folder as each
 file's modification time, a JSON Lines file in each line, and a journal in its rows. They
@@ -7,6 +7,7 @@ are loaded into a temporary journal so that lookups are indexed on disk, not hel
 
 from __future__ import annotations
 
+import itertools
 import os
 import posixpath
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from pathlib import Path
 import orjson
 
 from annopull._errors import ConfigError, ResumeError
-from annopull._pipeline.journal import Journal, JournalEntry
+from annopull._pipeline.ledger import Ledger, LedgerRow
 from annopull._zip.reader import read_entry_comments
 
 __all__ = ["load_previous_versions"]
@@ -24,7 +25,7 @@ __all__ = ["load_previous_versions"]
 _BATCH = 5000
 
 
-def load_previous_versions(path: Path) -> Journal:
+def load_previous_versions(path: Path) -> Ledger:
     """Index the ``key -> version`` pairs an earlier output holds (blocking: use a thread).
 
     Args:
@@ -37,13 +38,11 @@ def load_previous_versions(path: Path) -> Journal:
         ConfigError: the path does not exist or is of no kind annopull writes.
     """
     pairs = _pairs(path)
-    index = Journal.temporary(kind="index")
+    index = Ledger.temporary(kind="index")
     try:
-        for n, (key, version) in enumerate(pairs, 1):
-            index.add(JournalEntry(name=key, key=key, version=version))
-            if n % _BATCH == 0:
-                index.commit()
-        index.commit()
+        while batch := list(itertools.islice(pairs, _BATCH)):
+            index.record(LedgerRow(key=key, version=version, name=key) for key, version in batch)
+            index.commit()
     except BaseException:
         index.close()
         raise
@@ -54,7 +53,7 @@ def _pairs(path: Path) -> Iterator[tuple[str, str]]:
     if path.is_dir():
         return _from_folder(path)
     if not path.is_file():
-        raise ConfigError(f"--skip-existing: {path} does not exist")
+        raise ConfigError(f"the earlier output to compare with does not exist: {path}")
     suffix = path.suffix.lower()
     if suffix == ".zip":
         return ((_stem(name), comment) for name, comment in read_entry_comments(path) if comment)
@@ -62,7 +61,9 @@ def _pairs(path: Path) -> Iterator[tuple[str, str]]:
         return _from_jsonl(path)
     if suffix == ".journal":
         return _from_journal(path)
-    raise ConfigError(f"--skip-existing takes a .zip, a folder, a .jsonl or a .journal: {path}")
+    raise ConfigError(
+        f"an earlier output to compare with is a .zip, a folder, a .jsonl or a .journal: {path}"
+    )
 
 
 def _stem(name: str) -> str:
@@ -84,13 +85,20 @@ def _from_jsonl(path: Path) -> Iterator[tuple[str, str]]:
                 continue
             try:
                 record = orjson.loads(line)
-                yield str(record["scene_uuid"]), str(record["created"])
+                yield _key_and_version(record)
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 raise ConfigError(f"{path}:{number} is not an annopull JSON Lines record") from None
 
 
 def _from_journal(path: Path) -> Iterator[tuple[str, str]]:
     try:
-        yield from Journal.read_versions(path)
+        yield from Ledger.read_versions(path)
     except ResumeError as exc:
-        raise ConfigError(f"--skip-existing: {exc}") from None
+        raise ConfigError(f"cannot compare with {path}: {exc}") from None
+
+
+def _key_and_version(record: dict[str, object]) -> tuple[str, str]:
+    """A Kognic record's scene and ``created``; any other source's ``key`` and ``version``."""
+    if "scene_uuid" in record:
+        return str(record["scene_uuid"]), str(record["created"])
+    return str(record["key"]), str(record["version"])

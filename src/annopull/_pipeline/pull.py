@@ -1,0 +1,635 @@
+"""The pull pipeline: any source into any sink, concurrently, resumably.
+
+::
+
+    source.items() ─> [select] ─> fan_out: N × [fetch ─> stage] ─> [write a batch] ─> sink
+                         │                                            │
+                   ledger (resume) ·                        ledger.record, then every
+                   selection (shard, since,                 512 entries or 2 s:
+                   skip-existing)                           sink.flush(), ledger.commit()
+
+A source only lists items (key, version, entry name, size hint) and fetches one item's bytes
+into a target; a sink only turns entries into an output. Everything between — bounded
+fan-out, per-item failures, de-duplication, entry names, selection, the ledger that makes a
+run resumable, checkpoints, progress and the report — lives here, the same for every source
+and destination.
+
+Per-item problems (a fetch that fails for good, a name the sink refuses, an unparsable
+version with ``since``) are failures in the report and the run goes on; what affects the
+whole run (the listing failing, the disk, a cancellation) stops it, and what was written
+stays durable and journaled for a resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+import anyio
+
+from annopull._config import EngineConfig
+from annopull._errors import (
+    AnnopullError,
+    ConfigError,
+    ResumeError,
+    TransferError,
+)
+from annopull._pipeline.buffers import Spool
+from annopull._pipeline.ledger import Ledger, LedgerRow
+from annopull._pipeline.previous import load_previous_versions
+from annopull._pipeline.scheduler import Fetched, fan_out
+from annopull._progress import NullProgress, Progress
+from annopull._sinks.base import EntryInfo, Sink
+from annopull._transport.http import ByteTarget
+from annopull._zip.names import name_candidates, sanitize_entry_name
+
+__all__ = [
+    "Failure",
+    "InterruptedRunError",
+    "Item",
+    "PullReport",
+    "Selection",
+    "Selector",
+    "Source",
+    "Stage",
+    "in_shard",
+    "parse_shard",
+    "parse_time",
+    "pull",
+]
+
+#: Checkpoint after this many entries or seconds, whichever comes first: each checkpoint
+#: costs an fsync or two, and a crash loses at most one batch, which a resume fetches again.
+_CHECKPOINT_ENTRIES = 512
+_CHECKPOINT_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Item:
+    """One thing a source lists: what it is, and what its entry in the output is called.
+
+    Sources subclass it to carry what their fetch needs (a signed URL, say).
+
+    Args:
+        key: the item's identity, stable across runs (a scene uuid, a URL).
+        name: the wanted entry name; made safe and unique by the pipeline.
+        version: the item's version (an annotation's ``created``); skip-existing compares it,
+            ``since`` reads it as a time.
+        size: the byte count, when the listing tells it.
+        mtime: the entry's time stamp in the output.
+        fields: extra fields JSON Lines writes beside the content.
+        json: whether the content must be a JSON document.
+    """
+
+    key: str
+    name: str
+    version: str = ""
+    size: int | None = None
+    mtime: datetime | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)
+    json: bool = True
+
+
+ItemT = TypeVar("ItemT", bound=Item)
+
+
+class Source(Protocol[ItemT]):
+    """What the pipeline pulls from."""
+
+    @property
+    def fingerprint(self) -> Mapping[str, str]:
+        """What this run is for (e.g. project, type); a resume must match it."""
+
+    def items(self) -> AsyncGenerator[ItemT, None]:
+        """List the items lazily (read ahead no further than the fetches need)."""
+
+    async def fetch(
+        self, item: ItemT, target: ByteTarget, *, on_bytes: Callable[[int], None]
+    ) -> None:
+        """Fetch ``item``'s bytes into ``target``; raise :class:`AnnopullError` for a failure."""
+
+
+#: Between fetch and write: gets the item and its bytes, returns the bytes to write (the same
+#: spool or a new one) or ``None`` to leave the item out. An :class:`AnnopullError` it raises
+#: is that item's failure.
+Stage = Callable[[ItemT, Spool], Awaitable[Spool | None]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failure:
+    """An item that did not arrive, and why."""
+
+    item: str
+    reason: str
+    url: str | None = None
+    status: int | None = None
+    attempts: int | None = None
+
+    @classmethod
+    def of(cls, item: str, exc: AnnopullError) -> Failure:
+        """The failure ``exc`` describes, for ``item``."""
+        return cls(
+            item=item, reason=str(exc), url=exc.url, status=exc.status, attempts=exc.attempts
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-ready data; absent context is left out."""
+        data: dict[str, Any] = {"item": self.item, "reason": self.reason}
+        for name in ("url", "status", "attempts"):
+            if getattr(self, name) is not None:
+                data[name] = getattr(self, name)
+        return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullReport:
+    """What a pull did, the same for every source and destination."""
+
+    output: str
+    listed: int
+    downloaded: int
+    skipped: int
+    failures: tuple[Failure, ...]
+    bytes: int
+    elapsed: float
+    resumed: bool
+
+    @property
+    def ok(self) -> bool:
+        """True when every wanted item arrived."""
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (the CLI's ``--summary``)."""
+        return {
+            "status": "complete" if self.ok else "partial",
+            "output": self.output,
+            "listed": self.listed,
+            "downloaded": self.downloaded,
+            "skipped": self.skipped,
+            "failed": [f.to_dict() for f in self.failures],
+            "bytes": self.bytes,
+            "elapsed_s": round(self.elapsed, 3),
+            "resumed": self.resumed,
+        }
+
+
+class InterruptedRunError(ResumeError):
+    """The output holds an interrupted run, and no resume was asked for."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Selection:
+    """Which listed items to fetch.
+
+    Args:
+        since: only items whose version (a time) is after this moment.
+        skip_existing: an earlier output (a finished zip, a folder, a ``.jsonl`` or a
+            ``.journal``); an item whose version equals the one held there is skipped.
+        shard: ``(k, n)``: only items whose key hashes to shard ``k`` of ``n`` (1-based).
+    """
+
+    since: datetime | None = None
+    skip_existing: Path | None = None
+    shard: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.shard is not None:
+            k, n = self.shard
+            if not 1 <= k <= n:
+                raise ConfigError(f"a shard is k of n with 1 <= k <= n, got {k} of {n}")
+
+    def fingerprint(self) -> dict[str, str]:
+        """What of the selection a resume must match (skip-existing is not checked)."""
+        return {
+            "shard": "/".join(map(str, self.shard)) if self.shard else "",
+            # A resume with another since would leave a mix of two selections in one output.
+            "since": self.since.isoformat() if self.since else "",
+        }
+
+
+class Selector:
+    """Applies a :class:`Selection` to items: the index of an earlier output loaded once.
+
+    Use as ``async with Selector(selection) as selector``; :meth:`wants` is cheap and
+    blocking-free enough for the listing task (an indexed lookup).
+    """
+
+    def __init__(self, selection: Selection) -> None:
+        self.selection = selection
+        self._previous: Ledger | None = None
+
+    async def __aenter__(self) -> Selector:
+        if self.selection.skip_existing is not None:
+            self._previous = await anyio.to_thread.run_sync(
+                load_previous_versions, self.selection.skip_existing
+            )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._previous is not None:
+            previous, self._previous = self._previous, None
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(previous.close)
+
+    def wants(self, item: Item) -> bool:
+        """Whether ``item`` passes every filter.
+
+        Raises:
+            TransferError: the item's version is not a time, and ``since`` needs one (a
+                problem of that item, not of the run).
+        """
+        selection = self.selection
+        if selection.shard is not None and not in_shard(item.key, selection.shard):
+            return False
+        if selection.since is not None:
+            try:
+                if parse_time(item.version) <= selection.since:
+                    return False
+            except ConfigError:
+                raise TransferError(
+                    f"its version {item.version[:80]!r} is not a time, so since cannot tell",
+                    item=item.key,
+                ) from None
+        held = self._previous.version_of(item.key) if self._previous is not None else None
+        return not _same_version(held, item.version)
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time as an aware datetime (UTC when it names no zone).
+
+    Raises:
+        ConfigError: ``text`` is not an ISO 8601 time.
+    """
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        raise ConfigError(f"not an ISO 8601 time: {text[:80]!r}") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/8"`` -> ``(2, 8)``.
+
+    Raises:
+        ConfigError: not ``K/N`` with ``1 <= K <= N``.
+    """
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise ConfigError(f"a shard is K/N with 1 <= K <= N, got {text!r}")
+    return int(k), int(n)
+
+
+def in_shard(key: str, shard: tuple[int, int]) -> bool:
+    """Stable across processes and machines: a hash of the key, not Python's ``hash``."""
+    k, n = shard
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n == k - 1
+
+
+def _same_version(held: str | None, version: str) -> bool:
+    """Whether an earlier output holds this version (to the millisecond, for file times)."""
+    if held is None:
+        return False
+    if held == version:
+        return True
+    try:
+        return abs(parse_time(held).timestamp() - parse_time(version).timestamp()) < 0.001
+    except ConfigError:
+        return False
+
+
+async def pull(
+    source: Source[ItemT],
+    sink: Sink,
+    *,
+    selection: Selection | None = None,
+    resume: bool = False,
+    stage: Stage[ItemT] | None = None,
+    progress: Progress | None = None,
+    concurrency: int | None = None,
+    spool_memory: int | None = None,
+    spool_dir: Path | None = None,
+) -> PullReport:
+    """Pull every selected item of ``source`` into ``sink`` and report what happened.
+
+    Args:
+        source: lists items and fetches their bytes.
+        sink: where entries go (:class:`~annopull.ZipSink`, :class:`~annopull.DirectorySink`,
+            :class:`~annopull.JsonlSink`).
+        selection: filters (since, skip-existing, shard).
+        resume: continue the interrupted run whose journal is beside the output (a fresh
+            run when there is none, so that scripts can always ask for it).
+        stage: runs on each item's bytes between fetch and write.
+        progress: where progress goes.
+        concurrency: fetches in flight at once (the engine's default when omitted).
+        spool_memory: bytes of one item kept in RAM before it spills to a temporary file.
+        spool_dir: where spilled items wait (the output's folder keeps them on its disk).
+
+    Raises:
+        InterruptedRunError: the output holds an interrupted run and ``resume`` is False.
+        ResumeError: the interrupted run is of another source, selection or output kind.
+        AnnopullError: the listing or the output failed (per-item failures do not raise:
+            they are in the report).
+    """
+    defaults = EngineConfig()
+    run = _Run(
+        source=source,
+        sink=sink,
+        selection=selection or Selection(),
+        stage=stage,
+        progress=progress or NullProgress(),
+        spool_memory=spool_memory or defaults.spool_memory,
+        spool_dir=spool_dir,
+    )
+    return await run.go(resume=resume, concurrency=concurrency or defaults.concurrency)
+
+
+class _Run(Generic[ItemT]):
+    """One pull: its counters, its ledger, and the steps between source and sink."""
+
+    def __init__(
+        self,
+        *,
+        source: Source[ItemT],
+        sink: Sink,
+        selection: Selection,
+        stage: Stage[ItemT] | None,
+        progress: Progress,
+        spool_memory: int,
+        spool_dir: Path | None,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.selection = selection
+        self.stage = stage
+        self.progress = progress
+        self.spool_memory = spool_memory
+        self.spool_dir = spool_dir
+        self.started = time.monotonic()
+        self.listed = self.downloaded = self.skipped = self.bytes = 0
+        self.failures: list[Failure] = []
+        self.ledger: Ledger | None = None
+        self.selector = Selector(selection)
+        self.held: Ledger | None = None  # the interrupted run's rows, read-only
+        self.pending = 0
+        self.last_checkpoint = time.monotonic()
+
+    async def go(self, *, resume: bool, concurrency: int) -> PullReport:
+        try:
+            items = self.source.items()
+            async with self.selector, aclosing(items):
+                # The first item is listed before any output exists, so a wrong project or
+                # bad credentials leave nothing behind.
+                first = await anext(items, None)
+                resumed = await anyio.to_thread.run_sync(self._open_ledger, resume)
+                await self._write_all(self._selected(first, items), concurrency)
+            return self._report(resumed)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close_indexes)
+
+    def _open_ledger(self, resume: bool) -> bool:
+        """The ledger for this run: the interrupted run's (resume) or a fresh one."""
+        sink = self.sink
+        fingerprint = {**self.source.fingerprint, **self.selection.fingerprint()}
+        path = sink.state_path
+        if path is None:
+            self.ledger = Ledger.temporary(kind=sink.kind, directory=self.spool_dir)
+            sink.attach(self.ledger, resume=False)
+            return False
+        sink.prepare()
+        if not path.parent.is_dir():
+            raise ConfigError(f"the output's folder does not exist: {path.parent}")
+        leftover = path.exists() and sink.has_partial()
+        if leftover and not resume:
+            raise InterruptedRunError(
+                f"{sink.description} holds an interrupted run: resume it, or delete it and "
+                f"{path.name} to start over"
+            )
+        if leftover:
+            self.ledger = Ledger.open_existing(path, kind=sink.kind, fingerprint=fingerprint)
+            self.held = self.ledger.reader()
+        else:
+            self.ledger = Ledger.create(path, kind=sink.kind, fingerprint=fingerprint)
+        sink.attach(self.ledger, resume=leftover)
+        return leftover
+
+    def _close_indexes(self) -> None:
+        if self.held is not None:
+            self.held.close()
+
+    async def _write_all(self, items: AsyncIterator[ItemT], concurrency: int) -> None:
+        ledger = self.ledger
+        assert ledger is not None
+        try:
+            async with self.sink:
+                await fan_out(
+                    items,
+                    self._fetch,
+                    self._write_batch,
+                    concurrency=concurrency,
+                    discard=_release,
+                )
+                # Everything written is made durable before the output is finished, so a
+                # crash while finishing still leaves a resumable run.
+                await self._checkpoint()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                # The sink's abort made its data durable; now the rows that describe it.
+                await anyio.to_thread.run_sync(_commit_and_close, ledger)
+            raise
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(ledger.delete)
+
+    async def _selected(
+        self, first: ItemT | None, rest: AsyncIterator[ItemT]
+    ) -> AsyncIterator[ItemT]:
+        if first is not None:
+            if self._select(first):
+                yield first
+            async for item in rest:
+                if self._select(item):
+                    yield item
+        self.progress.listing_done()
+
+    def _select(self, item: ItemT) -> bool:
+        """Whether to fetch ``item``; counts it as skipped or failed when not."""
+        self.progress.listed()
+        if self.held is not None and self.held.version_of(item.key) is not None:
+            self._skip()
+            return False
+        try:
+            wanted = self.selector.wants(item)
+        except AnnopullError as exc:
+            self._fail(item.key, exc)
+            return False
+        if not wanted:
+            self._skip()
+        return wanted
+
+    async def _fetch(self, item: ItemT) -> Spool | None:
+        spool = Spool(memory_limit=self.spool_memory, directory=self.spool_dir)
+        try:
+            await self.source.fetch(item, spool, on_bytes=self.progress.bytes)
+            if self.stage is not None:
+                staged = await self.stage(item, spool)
+                if staged is not spool:
+                    await spool.aclose()
+                if staged is None:
+                    self._skip()
+                    return None
+                spool = staged
+        except AnnopullError as exc:
+            await spool.aclose()
+            self._fail(item.key, exc)
+            return None
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await spool.aclose()
+            raise
+        return spool
+
+    async def _write_batch(self, batch: list[Fetched[ItemT, Spool]]) -> None:
+        """Write fetched items: those in memory together (one sink call), spilled ones streamed."""
+        try:
+            named = self._name(batch)
+            small = [(f, info) for f, info in named if f.result.in_memory]
+            entries = [(info, f.result.getvalue()) for f, info in small]
+            rows: list[LedgerRow] = []
+            for (fetched, info), outcome in zip(
+                small, await self.sink.write_many(entries), strict=True
+            ):
+                self._settle(fetched, info, outcome, rows)
+            for fetched, info in named:
+                if fetched.result.in_memory:
+                    continue
+                streamed: bytes | AnnopullError
+                try:
+                    streamed = await self.sink.write(info, fetched.result.chunks())
+                except AnnopullError as exc:
+                    streamed = exc
+                self._settle(fetched, info, streamed, rows)
+            await self._record(rows)
+        finally:
+            for fetched in batch:
+                await fetched.result.aclose()
+
+    def _name(
+        self, batch: list[Fetched[ItemT, Spool]]
+    ) -> list[tuple[Fetched[ItemT, Spool], EntryInfo]]:
+        """Drop items the output already holds; give the others safe, unique names.
+
+        A listing that shifts while it is paged can name an item twice, and the output must
+        hold each item once. Between writes the ledger's own connection is idle, so its
+        pending rows (this run's) are seen too.
+        """
+        ledger = self.ledger
+        assert ledger is not None
+        keys: set[str] = set()
+        names: set[str] = set()
+        named = []
+        for fetched in batch:
+            item = fetched.item
+            if item.key in keys or ledger.version_of(item.key) is not None:
+                self._skip()
+                continue
+            try:
+                clean = sanitize_entry_name(item.name)
+            except AnnopullError as exc:
+                self._fail(item.key, exc)
+                continue
+            name = next(
+                c for c in name_candidates(clean) if c not in names and not ledger.has_name(c)
+            )
+            keys.add(item.key)
+            names.add(name)
+            named.append((fetched, _entry_info(item, name, fetched.result.size)))
+        return named
+
+    def _settle(
+        self,
+        fetched: Fetched[ItemT, Spool],
+        info: EntryInfo,
+        outcome: bytes | AnnopullError,
+        rows: list[LedgerRow],
+    ) -> None:
+        if isinstance(outcome, AnnopullError):
+            self._fail(fetched.item.key, outcome)
+            return
+        rows.append(LedgerRow(key=info.key, version=info.version, name=info.name, receipt=outcome))
+        self.listed += 1
+        self.downloaded += 1
+        self.bytes += fetched.result.size
+        self.progress.item_done()
+
+    async def _record(self, rows: list[LedgerRow]) -> None:
+        ledger = self.ledger
+        assert ledger is not None
+        if rows:
+            await anyio.to_thread.run_sync(ledger.record, rows)
+        self.pending += len(rows)
+        due = time.monotonic() - self.last_checkpoint >= _CHECKPOINT_SECONDS
+        if self.pending >= _CHECKPOINT_ENTRIES or (due and self.pending):
+            await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        """Make the sink's data durable, then the rows that describe it (never the reverse)."""
+        ledger = self.ledger
+        assert ledger is not None
+        with anyio.CancelScope(shield=True):
+            await self.sink.flush()
+            await anyio.to_thread.run_sync(ledger.commit)
+        self.pending = 0
+        self.last_checkpoint = time.monotonic()
+
+    def _skip(self) -> None:
+        self.listed += 1
+        self.skipped += 1
+        self.progress.item_done(skipped=True)
+
+    def _fail(self, item: str, exc: AnnopullError) -> None:
+        self.listed += 1
+        self.failures.append(Failure.of(item, exc))
+        self.progress.item_failed()
+
+    def _report(self, resumed: bool) -> PullReport:
+        return PullReport(
+            output=self.sink.description,
+            listed=self.listed,
+            downloaded=self.downloaded,
+            skipped=self.skipped,
+            failures=tuple(self.failures),
+            bytes=self.bytes,
+            elapsed=time.monotonic() - self.started,
+            resumed=resumed,
+        )
+
+
+def _entry_info(item: Item, name: str, size: int) -> EntryInfo:
+    return EntryInfo(
+        name=name,
+        key=item.key,
+        version=item.version,
+        mtime=item.mtime,
+        size=size,
+        fields=item.fields,
+        json=item.json,
+    )
+
+
+def _commit_and_close(ledger: Ledger) -> None:
+    try:
+        ledger.commit()
+    finally:
+        ledger.close()
+
+
+async def _release(spool: Spool) -> None:
+    await spool.aclose()

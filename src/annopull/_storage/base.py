@@ -1,0 +1,129 @@
+"""Where an output's bytes go: the storage protocols under every sink.
+
+Two shapes cover every output annopull writes::
+
+    ObjectStorage ── open() ──> Blob        one object built front to back (a zip, a .jsonl,
+                                            a downloaded export): appended to, patched in
+                                            place where the medium allows, published whole
+    TreeStorage ──── create() ─> AtomicFile  many small objects (a folder of files), each one
+                                            appearing whole or not at all
+
+Implementations: :mod:`annopull._storage.local` (a local file or folder) and
+:mod:`annopull._storage.stream` (an unseekable stream such as stdout). An object store is
+one more implementation of the same protocols; sinks never see which one they write to.
+
+Every method blocks: sinks call them from worker threads, in batches, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+__all__ = ["AtomicFile", "Blob", "ObjectStorage", "TreeStorage"]
+
+
+class Blob(Protocol):
+    """One object being written, front to back.
+
+    ``seekable`` blobs (a local ``.part`` file) can be patched in place, read back and cut
+    short; an unseekable one (a pipe) only takes appends.
+    """
+
+    @property
+    def seekable(self) -> bool:
+        """Whether :meth:`patch`, :meth:`read_at` and :meth:`truncate` work."""
+
+    @property
+    def position(self) -> int:
+        """Bytes written so far (where the next :meth:`write` lands)."""
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``."""
+
+    def patch(self, offset: int, data: bytes) -> None:
+        """Overwrite bytes already written at ``offset``; the position stays."""
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes from ``offset`` (fewer at the end)."""
+
+    def truncate(self, size: int) -> None:
+        """Drop everything after the first ``size`` bytes; the position becomes ``size``."""
+
+    def sync(self) -> None:
+        """Make everything written so far durable (what a checkpoint stands on)."""
+
+    def close(self) -> None:
+        """Release the object without publishing it; what was synced stays for a resume."""
+
+
+@runtime_checkable
+class ObjectStorage(Protocol):
+    """The place of one output object: its unfinished form, and its final one."""
+
+    @property
+    def description(self) -> str:
+        """The output as shown to a person (a path, ``stdout``)."""
+
+    @property
+    def state_path(self) -> Path | None:
+        """Where resume state is kept beside the object, or ``None`` when it cannot resume."""
+
+    @property
+    def partial_path(self) -> Path | None:
+        """Where the unfinished object can be read locally, if it can."""
+
+    def has_partial(self) -> bool:
+        """Whether an unfinished object from an earlier run is there."""
+
+    def partial_size(self) -> int:
+        """Bytes of the unfinished object (0 when there is none)."""
+
+    def open(self, *, resume: bool) -> Blob:
+        """Start the object afresh, or (``resume``) continue the unfinished one at its end."""
+
+    def publish(self, blob: Blob) -> None:
+        """Make ``blob`` durable and put it in its final place, atomically; closes it."""
+
+    def discard_partial(self) -> None:
+        """Remove the unfinished object (e.g. after it was extracted elsewhere)."""
+
+
+class AtomicFile(Protocol):
+    """One file of a tree, invisible under its name until :meth:`commit`."""
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``."""
+
+    def commit(self, *, mtime: datetime | None = None, mode: int | None = None) -> None:
+        """Give the file its time and mode, then its name (replacing any file of that name)."""
+
+    def discard(self) -> None:
+        """Forget the file; nothing of it remains."""
+
+
+@runtime_checkable
+class TreeStorage(Protocol):
+    """A folder of objects written one by one, each atomically."""
+
+    @property
+    def description(self) -> str:
+        """The folder as shown to a person."""
+
+    @property
+    def state_path(self) -> Path | None:
+        """Where resume state is kept (inside the folder), or ``None``."""
+
+    def prepare(self) -> None:
+        """Create the folder when missing and remove what a killed run left half-written."""
+
+    def create(self, name: str) -> AtomicFile:
+        """Start the file ``name`` (a sanitised relative name, ``/``-separated)."""
+
+    def put(self, name: str, data: Iterable[bytes], *, mtime: datetime | None = None) -> int:
+        """Write a whole file atomically; return its size."""
+
+    def sync(self) -> None:
+        """Make every committed file and its folder entry durable."""
