@@ -77,9 +77,15 @@ def test_error_tree() -> None:
         annopull.AuthError,
         annopull.ConfigError,
         annopull.ExportFailedError,
+        annopull.InvalidResponseError,
+        annopull.NetworkError,
         annopull.NotFoundError,
+        annopull.RequestTimeoutError,
         annopull.ResumeError,
+        annopull.RetryableStatusError,
+        annopull.StorageError,
         annopull.TransferError,
+        annopull.TruncatedBodyError,
         annopull.UnsafeEntryError,
         annopull.ZipFormatError,
     ]
@@ -89,6 +95,38 @@ def test_error_tree() -> None:
     assert issubclass(annopull.NotFoundError, annopull.ApiError)
     assert issubclass(annopull.NotFoundError, LookupError)
     assert issubclass(annopull.UnsafeEntryError, annopull.ZipFormatError)
+
+
+@pytest.mark.parametrize(
+    ("cls", "builtin"),
+    [
+        pytest.param(annopull.RequestTimeoutError, TimeoutError, id="timeout"),
+        pytest.param(annopull.NetworkError, ConnectionError, id="network"),
+        pytest.param(annopull.TruncatedBodyError, None, id="truncated"),
+        pytest.param(annopull.RetryableStatusError, None, id="retryable-status"),
+        pytest.param(annopull.InvalidResponseError, None, id="invalid-response"),
+    ],
+)
+def test_transfer_errors_by_cause(cls: type[annopull.TransferError], builtin: type | None) -> None:
+    """Each cause is a TransferError (one except catches all), carrying the same context."""
+    assert issubclass(cls, annopull.TransferError)
+    if builtin is not None:
+        assert issubclass(cls, builtin)
+    err = cls("giving up", url="http://127.0.0.1:9/o?sig=abc", status=503, attempts=2, item="s")
+    assert (err.url, err.status, err.attempts, err.item) == ("http://127.0.0.1:9/o", 503, 2, "s")
+    assert str(err) == "giving up (item s, HTTP 503, http://127.0.0.1:9/o, after 2 attempts)"
+
+
+def test_storage_error_is_an_os_error_with_a_path() -> None:
+    """StorageError is an OSError outside the transfer branch and names the path it wrote."""
+    assert issubclass(annopull.StorageError, OSError)
+    assert not issubclass(annopull.StorageError, annopull.TransferError)
+    err = annopull.StorageError("no space left", path=Path("/data/out.zip"), item="scene-1")
+    assert err.path == "/data/out.zip"
+    assert (err.errno, err.filename) == (None, None)
+    assert str(err) == "no space left (item scene-1, path /data/out.zip)"
+    with pytest.raises(OSError, match="no space left"):
+        raise err
 
 
 def test_error_message_carries_context_without_query() -> None:

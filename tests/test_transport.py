@@ -6,20 +6,37 @@ Kognic provides signed storage with Range support.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import errno
 import itertools
 import socket
 import time
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+import aiohttp
 import anyio
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from annopull._config import EngineConfig, KognicCredentials, RetryPolicy, Secret
-from annopull._errors import AnnopullError, ApiError, AuthError, NotFoundError, TransferError
+from annopull._errors import (
+    AnnopullError,
+    ApiError,
+    AuthError,
+    InvalidResponseError,
+    NetworkError,
+    NotFoundError,
+    RequestTimeoutError,
+    RetryableStatusError,
+    TransferError,
+    TruncatedBodyError,
+)
 from annopull._pipeline.buffers import Spool
 from annopull._transport.auth import KognicTokenManager
 from annopull._transport.http import RateLimiter, Transport, parse_retry_after
@@ -29,9 +46,17 @@ from annopull.testing.faults import start_app
 pytestmark = pytest.mark.anyio
 
 
-def _engine(**retry: Any) -> EngineConfig:
+def _engine(*, read_timeout: float = 2.0, **retry: Any) -> EngineConfig:
     policy = {"max_attempts": 4, "backoff_base": 0.01, "backoff_max": 0.05, **retry}
-    return EngineConfig(retry=RetryPolicy(**policy), read_timeout=2.0, connect_timeout=2.0)
+    return EngineConfig(retry=RetryPolicy(**policy), read_timeout=read_timeout, connect_timeout=2.0)
+
+
+def _free_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 class Scripted:
@@ -218,18 +243,32 @@ async def test_plain_text_error_body_is_shown(serve: Any) -> None:
     assert "second line" not in str(info.value)
 
 
-async def test_retries_exhausted_names_status_attempts_and_redacted_url(serve: Any) -> None:
-    """After max_attempts 502s the TransferError names status, attempts and the bare URL."""
-    server = await serve(status(502, {"message": "bad gateway"}))
+@pytest.mark.parametrize("code", [pytest.param(502, id="502"), pytest.param(503, id="503")])
+async def test_retries_exhausted_names_status_attempts_and_redacted_url(
+    serve: Any, code: int
+) -> None:
+    """Persistent 5xx ends in RetryableStatusError naming status, attempts and the bare URL."""
+    server = await serve(status(code, {"message": "bad gateway"}))
     async with Transport(engine=_engine(max_attempts=3)) as transport:
         with pytest.raises(TransferError) as info:
             await transport.request_json("GET", server.url + "/r?signature=abc&expires=9")
     err = info.value
-    assert (err.status, err.attempts, err.url) == (502, 3, server.url + "/r")
-    assert (
-        str(err) == f"giving up: server answered 502 (HTTP 502, {server.url}/r, after 3 attempts)"
+    assert type(err) is RetryableStatusError
+    assert (err.status, err.attempts, err.url) == (code, 3, server.url + "/r")
+    assert str(err) == (
+        f"giving up: server answered {code} (HTTP {code}, {server.url}/r, after 3 attempts)"
     )
     assert len(server.requests) == 3
+
+
+async def test_invalid_json_after_retries_is_invalid_response_error(serve: Any) -> None:
+    """An API that never answers valid JSON ends in InvalidResponseError with the 200 status."""
+    server = await serve(status(200, "{not json"))
+    async with Transport(engine=_engine(max_attempts=2)) as transport:
+        with pytest.raises(InvalidResponseError, match="not valid JSON") as info:
+            await transport.request_json("GET", server.url + "/j", item="project P")
+    assert (info.value.status, info.value.attempts, info.value.item) == (200, 2, "project P")
+    assert len(server.requests) == 2
 
 
 async def test_invalid_json_is_retried(serve: Any) -> None:
@@ -240,16 +279,16 @@ async def test_invalid_json_is_retried(serve: Any) -> None:
     assert len(server.requests) == 2
 
 
-async def test_connection_refused_is_retried_then_transfer_error() -> None:
-    """A port nobody listens on is retried and then reported as 'cannot connect'."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+async def test_connection_refused_is_retried_then_network_error() -> None:
+    """A port nobody listens on is retried, then raised as NetworkError saying 'cannot connect'."""
+    port = _free_port()
     async with Transport(engine=_engine(max_attempts=2)) as transport:
-        with pytest.raises(TransferError, match="cannot connect") as info:
+        with pytest.raises(NetworkError, match="cannot connect") as info:
             await transport.request_json("GET", f"http://127.0.0.1:{port}/x")
-    assert info.value.attempts == 2
-    assert info.value.status is None
+    assert isinstance(info.value, ConnectionError)
+    assert isinstance(info.value.__cause__, aiohttp.ClientConnectorError)
+    assert (info.value.attempts, info.value.status) == (2, None)
+    assert info.value.url == f"http://127.0.0.1:{port}/x"
 
 
 async def test_401_refetches_token_once(serve: Any) -> None:
@@ -418,6 +457,207 @@ async def test_download_never_sends_authorization(serve: Any) -> None:
         await transport.download(server.url + "/o/x?sig=1", Bytes())
     assert "Authorization" in server.requests[0].headers
     assert "Authorization" not in server.requests[1].headers
+
+
+# -- errors by cause -----------------------------------------------------------------------
+
+
+def _connection_key() -> Any:
+    # ClientConnectorError reads only these, to render itself.
+    return types.SimpleNamespace(host="127.0.0.1", port=9, ssl=True)
+
+
+def _request_info() -> aiohttp.RequestInfo:
+    return aiohttp.RequestInfo(URL("http://127.0.0.1:9/x"), "GET", CIMultiDictProxy(CIMultiDict()))
+
+
+@pytest.mark.parametrize(
+    ("make", "cause", "words"),
+    [
+        pytest.param(TimeoutError, RequestTimeoutError, "timed out", id="builtin-timeout"),
+        pytest.param(asyncio.TimeoutError, RequestTimeoutError, "timed out", id="asyncio-timeout"),
+        pytest.param(
+            lambda: aiohttp.ServerTimeoutError("Timeout on reading data from socket"),
+            RequestTimeoutError,
+            "timed out",
+            id="server-timeout",
+        ),
+        pytest.param(
+            lambda: aiohttp.ConnectionTimeoutError("Connection timeout to host"),
+            RequestTimeoutError,
+            "timed out",
+            id="connect-timeout",
+        ),
+        pytest.param(
+            lambda: aiohttp.ClientPayloadError("Response payload is not completed"),
+            TruncatedBodyError,
+            "body cut short",
+            id="payload-cut",
+        ),
+        pytest.param(
+            lambda: aiohttp.ClientConnectorError(
+                _connection_key(), ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+            ),
+            NetworkError,
+            "cannot connect: Connection refused",
+            id="connector-refused",
+        ),
+        pytest.param(
+            lambda: aiohttp.ClientConnectorDNSError(
+                _connection_key(), socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            ),
+            NetworkError,
+            "cannot connect: Name or service not known",
+            id="dns",
+        ),
+        pytest.param(
+            aiohttp.ServerDisconnectedError, NetworkError, "server disconnected", id="disconnected"
+        ),
+        pytest.param(
+            lambda: aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer"),
+            NetworkError,
+            "ClientOSError: [Errno",
+            id="client-os-error",
+        ),
+        pytest.param(
+            lambda: aiohttp.ClientConnectionResetError("Cannot write to closing transport"),
+            NetworkError,
+            "ClientConnectionResetError: Cannot write to closing transport",
+            id="client-reset",
+        ),
+        pytest.param(
+            lambda: ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+            NetworkError,
+            "ConnectionResetError: [Errno",
+            id="builtin-reset",
+        ),
+        pytest.param(
+            lambda: OSError(errno.EHOSTUNREACH, "No route to host"),
+            NetworkError,
+            "OSError: [Errno",
+            id="plain-oserror",
+        ),
+        pytest.param(
+            lambda: aiohttp.ClientResponseError(
+                _request_info(), (), status=400, message="Bad status line:\n  b'NOT HTTP'"
+            ),
+            InvalidResponseError,
+            "malformed answer: Bad status line:",
+            id="not-http",
+        ),
+    ],
+)
+async def test_every_lower_error_maps_to_its_cause(
+    make: Callable[[], Exception], cause: type[TransferError], words: str
+) -> None:
+    """Each aiohttp/OS failure, retried until attempts run out, is raised as its cause class."""
+    raised: list[Exception] = []
+
+    async def once() -> None:
+        raised.append(make())
+        raise raised[-1]
+
+    # _retrying needs no open session: the failure is scripted, nothing is sent.
+    transport = Transport(engine=_engine(max_attempts=2))
+    with pytest.raises(TransferError) as info:
+        await transport._retrying(
+            once, url=lambda: "http://127.0.0.1:9/o/x?sig=s3cret", item="scene-1"
+        )
+    err = info.value
+    assert type(err) is cause
+    assert err.__cause__ is raised[-1]
+    assert len(raised) == 2
+    assert (err.url, err.status, err.attempts, err.item) == (
+        "http://127.0.0.1:9/o/x",
+        None,
+        2,
+        "scene-1",
+    )
+    assert str(err).startswith(f"giving up: {words}")
+    assert "\n" not in str(err)
+    assert "s3cret" not in str(err)
+
+
+async def test_a_bug_is_not_translated_or_retried() -> None:
+    """An exception that is no transport failure (a bug) escapes as itself on the first try."""
+    calls = 0
+
+    async def once() -> None:
+        nonlocal calls
+        calls += 1
+        raise KeyError("a bug")
+
+    transport = Transport(engine=_engine(max_attempts=3))
+    with pytest.raises(KeyError, match="a bug"):
+        await transport._retrying(once, url=lambda: "http://127.0.0.1:9/x", item=None)
+    assert calls == 1
+
+
+async def test_stall_before_answer_is_request_timeout_error(storage: Any) -> None:
+    """A store silent for longer than read_timeout ends in RequestTimeoutError (a TimeoutError)."""
+    fake, uri, _content = storage
+    fake.faults.add(Fault(target="content", stall=3.0, times=2))
+    async with Transport(engine=_engine(read_timeout=0.2, max_attempts=2)) as transport:
+        with anyio.fail_after(5), pytest.raises(RequestTimeoutError) as info:
+            await transport.download(uri, Bytes(), item="scene-1")
+    err = info.value
+    assert isinstance(err, TimeoutError)
+    assert (err.attempts, err.item, err.status) == (2, "scene-1", None)
+    assert err.url == uri.partition("?")[0]
+    assert "timed out" in str(err)
+
+
+async def test_body_stalled_mid_stream_is_request_timeout_error(serve: Any) -> None:
+    """A body that stops flowing after some bytes ends in RequestTimeoutError, not a hang."""
+
+    async def stall_after_100(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "1000"})
+        await response.prepare(request)
+        await response.write(b"x" * 100)
+        await anyio.sleep(3)
+        return response
+
+    server = await serve(stall_after_100)
+    async with Transport(engine=_engine(read_timeout=0.2, max_attempts=2)) as transport:
+        with anyio.fail_after(5), pytest.raises(RequestTimeoutError) as info:
+            await transport.download(server.url + "/o/x", Bytes())
+    assert info.value.attempts == 2
+    assert len(server.requests) == 2
+
+
+async def test_refused_port_download_is_network_error() -> None:
+    """A download from a port nobody listens on ends in NetworkError with its attempts."""
+    port = _free_port()
+    async with Transport(engine=_engine(max_attempts=2)) as transport:
+        with pytest.raises(NetworkError) as info:
+            await transport.download(f"http://127.0.0.1:{port}/o/x?sig=1", Bytes(), item="s")
+    assert (info.value.attempts, info.value.item) == (2, "s")
+    assert info.value.url == f"http://127.0.0.1:{port}/o/x"
+
+
+async def test_cut_body_every_time_is_truncated_body_error(storage: Any) -> None:
+    """A body cut on every attempt ends in TruncatedBodyError; only the last prefix is kept."""
+    fake, uri, content = storage
+    fake.faults.add(Fault(target="content", truncate_after=1000, times=3))
+    target = Bytes()
+    async with Transport(engine=_engine(max_attempts=3)) as transport:
+        with pytest.raises(TruncatedBodyError) as info:
+            await transport.download(uri, target, item="scene-1")
+    assert (info.value.attempts, info.value.item) == (3, "scene-1")
+    assert "signature" not in str(info.value)
+    assert bytes(target.data) == content[:1000]
+    assert fake.stats.content_bytes == 3 * 1000
+
+
+async def test_persistent_503_from_storage_is_retryable_status_error(storage: Any) -> None:
+    """Storage answering 503 on every attempt ends in RetryableStatusError with status 503."""
+    fake, uri, _content = storage
+    fake.faults.add(Fault(target="content", status=503, times=3))
+    async with Transport(engine=_engine(max_attempts=3)) as transport:
+        with pytest.raises(RetryableStatusError) as info:
+            await transport.download(uri, Bytes(), item="scene-1")
+    assert (info.value.status, info.value.attempts) == (503, 3)
+    assert str(info.value).startswith("giving up: server answered 503 (item scene-1, HTTP 503")
 
 
 # -- token manager -------------------------------------------------------------------------
