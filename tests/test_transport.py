@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import errno
+import importlib.metadata
 import itertools
 import socket
 import time
@@ -24,6 +25,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+import annopull
 from annopull._config import EngineConfig, KognicCredentials, RetryPolicy, Secret
 from annopull._errors import (
     AnnopullError,
@@ -40,6 +42,7 @@ from annopull._errors import (
 from annopull._pipeline.buffers import Spool
 from annopull._transport.auth import KognicTokenManager
 from annopull._transport.http import RateLimiter, Transport, parse_retry_after
+from annopull._version import installed_version
 from annopull.testing import FakeKognic, Fault, KognicProject
 from annopull.testing.faults import start_app
 
@@ -457,6 +460,25 @@ async def test_download_never_sends_authorization(serve: Any) -> None:
         await transport.download(server.url + "/o/x?sig=1", Bytes())
     assert "Authorization" in server.requests[0].headers
     assert "Authorization" not in server.requests[1].headers
+
+
+# -- version ---------------------------------------------------------------------------------
+
+
+async def test_user_agent_carries_the_installed_version(serve: Any) -> None:
+    """The User-Agent and annopull.__version__ are both the version in the package metadata."""
+    server = await serve(status(200, {"ok": True}))
+    async with Transport(engine=_engine()) as transport:
+        await transport.request_json("GET", server.url + "/v")
+        await transport.download(server.url + "/o/x", Bytes())
+    installed = importlib.metadata.version("annopull")
+    assert annopull.__version__ == installed
+    assert [r.headers["User-Agent"] for r in server.requests] == [f"annopull/{installed}"] * 2
+
+
+def test_version_of_an_uninstalled_tree_is_unknown() -> None:
+    """Without package metadata the version is the PEP 440 placeholder, not an error."""
+    assert installed_version("annopull-not-installed-anywhere") == "0+unknown"
 
 
 # -- errors by cause -----------------------------------------------------------------------
