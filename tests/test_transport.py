@@ -462,6 +462,79 @@ async def test_download_never_sends_authorization(serve: Any) -> None:
     assert "Authorization" not in server.requests[1].headers
 
 
+# -- size probe ------------------------------------------------------------------------------
+
+
+async def test_probe_size_reads_the_total_from_a_one_byte_range(storage: Any) -> None:
+    """Against Range-capable storage the probe gives the full size, costing one byte, no auth."""
+    fake, uri, content = storage
+    async with Transport(engine=_engine()) as transport:
+        assert await transport.probe_size(uri) == len(content)
+    assert fake.stats.content_bytes == 1
+    assert fake.stats.storage_requests_with_auth_header == 0
+
+
+async def test_probe_size_of_a_store_that_ignores_range(serve: Any) -> None:
+    """A 200 answer to the range request gives its Content-Length; Range was asked for."""
+    server = await serve(status(200, "x" * 4321))
+    async with Transport(engine=_engine()) as transport:
+        assert await transport.probe_size(server.url + "/o/x?sig=1") == 4321
+    assert server.requests[0].headers["Range"] == "bytes=0-0"
+    assert "Authorization" not in server.requests[0].headers
+
+
+def _answer(code: int, body: bytes, **headers: str) -> Any:
+    async def answer(_request: web.Request) -> web.StreamResponse:
+        return web.Response(status=code, body=body, headers=headers)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(status(404, {"message": "no such object"}), id="404"),
+        pytest.param(status(503, {"message": "busy"}), id="503-not-retried"),
+        pytest.param(_answer(206, b"x", **{"Content-Range": "bytes 0-0/*"}), id="unknown-total"),
+        pytest.param(_answer(206, b"xy", **{"Content-Range": "bytes 0-1/9"}), id="other-range"),
+        pytest.param(_answer(206, b"x"), id="no-content-range"),
+        pytest.param(
+            _answer(206, b"x", **{"Content-Range": "bytes 0-0/9", "Content-Encoding": "gzip"}),
+            id="encoded",
+        ),
+    ],
+)
+async def test_probe_size_of_an_odd_answer_is_none(serve: Any, answer: Any) -> None:
+    """An answer that does not state the object's size gives None after one request."""
+    server = await serve(answer)
+    async with Transport(engine=_engine()) as transport:
+        assert await transport.probe_size(server.url + "/o/x") is None
+    assert len(server.requests) == 1
+
+
+async def test_probe_size_is_none_when_the_transfer_fails(storage: Any) -> None:
+    """A refused port or a stalled store gives None at once: no retries for an estimate."""
+    fake, uri, _content = storage
+    fake.faults.add(Fault(target="content", stall=3.0))
+    async with Transport(engine=_engine(read_timeout=0.2)) as transport:
+        with anyio.fail_after(2):
+            assert await transport.probe_size(f"http://127.0.0.1:{_free_port()}/o/x") is None
+            assert await transport.probe_size(uri) is None
+    assert sum(fake.stats.content_requests.values()) == 1
+
+
+async def test_probe_size_does_not_swallow_a_bug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only transport failures mean "size unknown"; anything else escapes the probe."""
+    async with Transport(engine=_engine()) as transport:
+
+        def broken(*_args: Any, **_kwargs: Any) -> Any:
+            raise KeyError("a bug")
+
+        monkeypatch.setattr(transport.session, "get", broken)
+        with pytest.raises(KeyError, match="a bug"):
+            await transport.probe_size("http://127.0.0.1:9/o/x")
+
+
 # -- version ---------------------------------------------------------------------------------
 
 

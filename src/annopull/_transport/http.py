@@ -334,6 +334,43 @@ class Transport:
 
         return await self._retrying(once, url=lambda: current, item=item)
 
+    async def probe_size(self, url: str) -> int | None:
+        """Return the size of the object behind a signed storage URL, or ``None``.
+
+        Asks for its first byte (``Range: bytes=0-0``; signed URLs are often signed for GET
+        only, so no HEAD) and reads the total from ``Content-Range``, or ``Content-Length``
+        when the store ignores the range. Sends no Authorization header and does not retry:
+        the size only feeds a progress estimate, so any failure or odd answer gives ``None``.
+
+        Args:
+            url: the signed URL.
+        """
+        if self._limiter is not None:
+            await self._limiter.wait()
+        try:
+            async with self.session.get(url, headers={"Range": "bytes=0-0"}) as resp:
+                if resp.headers.get("Content-Encoding"):
+                    # Sizes of the encoded bytes would not match what a download writes.
+                    return None
+                if resp.status == 206:
+                    unit, _, spec = resp.headers.get("Content-Range", "").partition(" ")
+                    span, _, total = spec.partition("/")
+                    if unit != "bytes" or span != "0-0" or not total.isdigit():
+                        return None
+                    # Read the one byte, so the connection ends cleanly and can be reused.
+                    await resp.read()
+                    return int(total)
+                if resp.status == 200:
+                    # The whole object is on its way: leave it unread, and the connection
+                    # is closed rather than drained.
+                    return resp.content_length
+                return None
+        except Exception as exc:
+            # _classify re-raises what is not a transport failure (a bug), and for the rest
+            # says why, for the log.
+            _log.debug("size probe failed: %s: %s", redact_url(url), _classify(exc).reason)
+            return None
+
     async def _retrying(
         self, once: Callable[[], Awaitable[T]], *, url: Callable[[], str], item: str | None
     ) -> T:
