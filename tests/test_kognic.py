@@ -23,7 +23,6 @@ from aiohttp import web
 from annopull._client import Client
 from annopull._config import EngineConfig, KognicConfig, Secret
 from annopull._errors import ApiError, AuthError, NotFoundError, TransferError
-from annopull._pipeline.scheduler import Fetched, fan_out
 from annopull._sinks import DirectorySink, JsonlSink, Sink, ZipSink, sink_for
 from annopull._sources.kognic import Annotation, KognicSource
 from annopull._transport.auth import ApiKeyAuth
@@ -486,73 +485,6 @@ async def test_reprs_hide_the_secret(kognic_client: MakeClient) -> None:
     for text in shown:
         assert fake.client_secret not in text
     assert "KognicTokenManager(client_id='fake-client-id')" in shown
-
-
-# -- scheduler ---------------------------------------------------------------------------
-
-
-async def test_fan_out_bounds_concurrency_and_read_ahead() -> None:
-    """No more than `concurrency` fetches run at once and the source is not read far ahead."""
-    produced = 0
-    in_flight = peak = 0
-    consumed: list[int] = []
-
-    async def items() -> Any:
-        nonlocal produced
-        for i in range(50):
-            produced += 1
-            yield i
-
-    async def fetch(i: int) -> int:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await anyio.sleep(0.002)
-        in_flight -= 1
-        return i * 2
-
-    async def consume(batch: list[Fetched[int, int]]) -> None:
-        # Read-ahead: produced items never exceed consumed + the two buffers + workers.
-        assert produced <= len(consumed) + 4 * 3 + 1
-        consumed.extend(done.result for done in batch)
-
-    await fan_out(items(), fetch, consume, concurrency=4)
-    assert peak == 4
-    assert sorted(consumed) == [i * 2 for i in range(50)]
-
-
-async def test_fan_out_error_stops_all_and_discards() -> None:
-    """A fetch raising stops the fan-out with that very error; queued results are discarded."""
-    discarded: list[int] = []
-    consumed: list[int] = []
-
-    async def items() -> Any:
-        for i in range(100):
-            yield i
-
-    async def fetch(i: int) -> int | None:
-        if i == 20:
-            raise KeyError("boom")
-        if i % 2:
-            return None  # dropped: never consumed, never discarded
-        return i
-
-    async def consume(batch: list[Fetched[int, int]]) -> None:
-        consumed.extend(done.result for done in batch)
-        await anyio.sleep(0.01)
-
-    with pytest.raises(KeyError, match="boom"):
-        await fan_out(items(), fetch, consume, concurrency=3, discard=_collect(discarded))
-    assert not set(consumed) & set(discarded)
-    assert all(i % 2 == 0 for i in consumed + discarded)
-    assert len(consumed) < 50
-
-
-def _collect(into: list[int]) -> Callable[[int], Any]:
-    async def discard(result: int) -> None:
-        into.append(result)
-
-    return discard
 
 
 def test_expected_is_listing_order() -> None:
