@@ -25,6 +25,7 @@ from annopull._cli.common import (
 )
 from annopull._config import load_config
 from annopull._errors import AnnopullError
+from annopull._pipeline.pull import InterruptedRunError
 from annopull._pipeline.scheduler import sole_error
 
 __all__ = ["build_parser", "main"]
@@ -170,7 +171,7 @@ async def _with_signals(args: argparse.Namespace, ctx: Context) -> int:
                     try:
                         code = await args.run(args, ctx)
                     except AnnopullError as exc:
-                        fail(str(exc))
+                        fail(_with_flag_hint(exc))
                         code = exit_code_for(exc)
                     except OSError as exc:
                         # Disk full, permission denied, a folder gone: the user's to fix.
@@ -181,6 +182,13 @@ async def _with_signals(args: argparse.Namespace, ctx: Context) -> int:
             tg.start_soon(watch)
             tg.start_soon(command)
     return code
+
+
+def _with_flag_hint(exc: AnnopullError) -> str:
+    """The library's message, plus the flag that answers it (the library names no flags)."""
+    if isinstance(exc, InterruptedRunError):
+        return f"{exc} (add --resume to continue it)"
+    return str(exc)
 
 
 def _describe_os_error(exc: OSError) -> str:

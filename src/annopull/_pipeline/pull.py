@@ -410,7 +410,7 @@ class _Run(Generic[ItemT]):
         leftover = path.exists() and sink.has_partial()
         if leftover and not resume:
             raise InterruptedRunError(
-                f"{sink.description} holds an interrupted run: resume it, or delete it and "
+                f"{sink.unfinished} holds an interrupted run: resume it, or delete it and "
                 f"{path.name} to start over"
             )
         if leftover:

@@ -102,6 +102,11 @@ class Sink(abc.ABC):
         """The output, as shown to a person (a path, or ``stdout``)."""
 
     @property
+    def unfinished(self) -> str:
+        """Where the unfinished output is while a run writes it (a ``.part`` file, say)."""
+        return self.description
+
+    @property
     @abc.abstractmethod
     def state_path(self) -> Path | None:
         """Where the driver keeps its ledger beside the output; ``None``: cannot resume."""

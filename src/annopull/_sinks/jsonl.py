@@ -49,6 +49,11 @@ class JsonlSink(Sink):
         return self._storage.description
 
     @property
+    def unfinished(self) -> str:
+        partial = self._storage.partial_path
+        return str(partial) if partial is not None else self.description
+
+    @property
     def state_path(self) -> Path | None:
         return self._storage.state_path
 

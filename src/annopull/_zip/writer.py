@@ -316,7 +316,7 @@ def _resume_point(blob: Blob, last: CentralRow | None, where: str) -> int:
         return 0
     if blob.position < last.end_offset:
         raise ResumeError(
-            f"partial archive is {blob.position} bytes, its records expect at least "
+            f"partial archive is {blob.position} bytes, its journal expects at least "
             f"{last.end_offset}",
             item=where,
         )
