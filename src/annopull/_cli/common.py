@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ from annopull._errors import (
     NotFoundError,
     ResumeError,
 )
-from annopull._progress import NullProgress, Progress, TerminalProgress
+from annopull._pipeline.pull import PullReport
+from annopull._progress import NullProgress, Progress, TerminalProgress, format_bytes
+from annopull._sinks import Sink
 
 __all__ = [
     "EXIT_FAILED",
@@ -32,7 +35,9 @@ __all__ = [
     "add_engine_options",
     "exit_code_for",
     "fail",
+    "hint_resume",
     "make_progress",
+    "print_summary",
     "write_summary",
 ]
 
@@ -124,3 +129,37 @@ def write_summary(path: Path | None, summary: Mapping[str, Any]) -> None:
     temp = path.with_name(path.name + ".tmp")
     temp.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     temp.replace(path)
+
+
+def print_summary(report: PullReport, *, noun: str) -> None:
+    """Print the run's one-line summary to stderr.
+
+    Args:
+        report: what the pull did.
+        noun: what the items are called ("annotations", "files").
+    """
+    rate = report.downloaded / report.elapsed if report.elapsed > 0 else 0.0
+    line = (
+        f"annopull: {report.output}: {report.downloaded} {noun} "
+        f"({format_bytes(report.bytes)}) in {report.elapsed:.1f} s ({rate:.0f}/s); "
+        f"{report.skipped} skipped, {len(report.failures)} failed"
+    )
+    if report.failures:
+        line += f" (first: {report.failures[0].item}: {report.failures[0].reason})"
+    print(line, file=sys.stderr, flush=True)
+
+
+def hint_resume(sink: Sink, argv: list[str]) -> None:
+    """Tell an interrupted run how to continue (or why it cannot)."""
+    journal = sink.state_path
+    if journal is None:
+        hint = "a zip streamed to stdout cannot be resumed"
+    elif not journal.exists():
+        hint = "nothing was written yet; run the same command again"
+    else:
+        command = shlex.join(argv[1:])
+        resume = "" if "--resume" in argv else " --resume"
+        hint = (
+            f"what arrived is kept in {sink.description}; continue with: annopull {command}{resume}"
+        )
+    print(f"annopull: {hint}", file=sys.stderr, flush=True)

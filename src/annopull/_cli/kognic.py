@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,15 @@ from annopull._cli.common import (
     EXIT_OK,
     Context,
     add_engine_options,
+    hint_resume,
     make_progress,
+    print_summary,
     progress_or_null,
     write_summary,
 )
 from annopull._errors import ConfigError
-from annopull._pipeline.pull import PullReport, Selection, parse_shard, parse_time
-from annopull._progress import format_bytes
-from annopull._sinks import Sink, sink_for
+from annopull._pipeline.pull import Selection, parse_shard, parse_time
+from annopull._sinks import sink_for
 
 __all__ = ["register"]
 
@@ -137,10 +137,10 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
                     progress=progress_or_null(progress),
                 )
     except anyio.get_cancelled_exc_class():
-        _hint_resume(sink, sys.argv)
+        hint_resume(sink, sys.argv)
         raise
     write_summary(args.summary, report.to_dict())
-    _print_summary(report)
+    print_summary(report, noun="annotations")
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -151,30 +151,3 @@ def _check_not_replaced(previous: Path, output: str) -> None:
             f"--skip-existing {previous} is also the output: the new file would hold only the "
             "changed scenes and replace it; write to another file (a folder may be both)"
         )
-
-
-def _print_summary(report: PullReport) -> None:
-    rate = report.downloaded / report.elapsed if report.elapsed > 0 else 0.0
-    line = (
-        f"annopull: {report.output}: {report.downloaded} annotations "
-        f"({format_bytes(report.bytes)}) in {report.elapsed:.1f} s ({rate:.0f}/s); "
-        f"{report.skipped} skipped, {len(report.failures)} failed"
-    )
-    if report.failures:
-        line += f" (first: {report.failures[0].item}: {report.failures[0].reason})"
-    print(line, file=sys.stderr, flush=True)
-
-
-def _hint_resume(sink: Sink, argv: list[str]) -> None:
-    journal = sink.state_path
-    if journal is None:
-        hint = "a zip streamed to stdout cannot be resumed"
-    elif not journal.exists():
-        hint = "nothing was written yet; run the same command again"
-    else:
-        command = shlex.join(argv[1:])
-        resume = "" if "--resume" in argv else " --resume"
-        hint = (
-            f"what arrived is kept in {sink.description}; continue with: annopull {command}{resume}"
-        )
-    print(f"annopull: {hint}", file=sys.stderr, flush=True)
