@@ -1,4 +1,4 @@
-"""The HTTP transport and token manager against real loopback servers.
+"""The HTTP transport against real loopback servers.
 
 Small aiohttp apps (``annopull.testing.faults.start_app``) script exact answers; the fake
 Kognic provides signed storage with Range support.
@@ -16,7 +16,6 @@ import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 import aiohttp
 import anyio
@@ -26,7 +25,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 import annopull
-from annopull._config import EngineConfig, KognicCredentials, RetryPolicy, Secret
+from annopull._config import EngineConfig, RetryPolicy
 from annopull._errors import (
     AnnopullError,
     ApiError,
@@ -40,7 +39,6 @@ from annopull._errors import (
     TruncatedBodyError,
 )
 from annopull._pipeline.buffers import Spool
-from annopull._transport.auth import KognicTokenManager
 from annopull._transport.http import RateLimiter, Transport, parse_retry_after
 from annopull._version import installed_version
 from annopull.testing import FakeKognic, Fault, KognicProject
@@ -753,86 +751,3 @@ async def test_persistent_503_from_storage_is_retryable_status_error(storage: An
             await transport.download(uri, Bytes(), item="scene-1")
     assert (info.value.status, info.value.attempts) == (503, 3)
     assert str(info.value).startswith("giving up: server answered 503 (item scene-1, HTTP 503")
-
-
-# -- token manager -------------------------------------------------------------------------
-
-
-def _tokens(fake: FakeKognic, transport: Transport, secret: str | None = None) -> Any:
-    credentials = KognicCredentials(
-        client_id=fake.client_id, client_secret=Secret(secret or fake.client_secret)
-    )
-    return KognicTokenManager(transport=transport, auth_url=fake.auth_url, credentials=credentials)
-
-
-async def test_token_shared_by_concurrent_callers() -> None:
-    """Fifty tasks asking at once cost one token request and all get the same header."""
-    async with FakeKognic() as fake, Transport(engine=_engine()) as transport:
-        tokens = _tokens(fake, transport)
-        headers: list[str] = []
-
-        async def ask() -> None:
-            headers.append(await tokens.authorization())
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(50):
-                tg.start_soon(ask)
-        assert fake.stats.token_requests == 1
-    assert len(set(headers)) == 1
-    assert headers[0].startswith("Bearer ")
-    assert tokens.fetches == 1
-
-
-async def test_token_refreshed_before_expiry_and_after_invalidate() -> None:
-    """A token is replaced once half its short life is gone, and when the API refused it."""
-    async with FakeKognic(token_ttl=0.4) as fake, Transport(engine=_engine()) as transport:
-        tokens = _tokens(fake, transport)
-        first = await tokens.authorization()
-        assert await tokens.authorization() == first
-        await anyio.sleep(0.25)
-        second = await tokens.authorization()
-        await tokens.invalidate("Bearer not-the-current-one")
-        assert await tokens.authorization() == second
-        await tokens.invalidate(second)
-        third = await tokens.authorization()
-        assert fake.stats.token_requests == 3
-    assert len({first, second, third}) == 3
-
-
-async def test_token_fetch_retries_503_on_auth() -> None:
-    """The token call is retried like any other (a 503 burst on the auth host)."""
-    async with FakeKognic() as fake, Transport(engine=_engine()) as transport:
-        fake.faults.add(Fault(target="token", status=503, times=2))
-        assert (await _tokens(fake, transport).authorization()).startswith("Bearer ")
-        assert fake.stats.token_requests == 3
-
-
-async def test_refused_credentials_error_hides_secret() -> None:
-    """A refused secret is an AuthError naming the client id; the secret shows nowhere."""
-    async with FakeKognic() as fake, Transport(engine=_engine()) as transport:
-        tokens = _tokens(fake, transport, secret="TOP-s3cret-42")
-        with pytest.raises(AuthError) as info:
-            await tokens.authorization()
-        token_url = fake.auth_url + "/v1/auth/oauth/token"
-    text = f"{info.value} {info.value!r} {tokens!r} {info.value.reason}"
-    assert "TOP-s3cret-42" not in text
-    assert repr(fake.client_id) in str(info.value)
-    assert info.value.status == 401
-    assert info.value.url == token_url
-
-
-async def test_token_answer_without_access_token(serve: Any) -> None:
-    """A token answer lacking access_token is a clear AnnopullError, not a KeyError."""
-    server = await serve(status(200, {"token_type": "Bearer"}))
-    credentials = KognicCredentials(client_id="id", client_secret=Secret("sec"))
-    async with Transport(engine=_engine()) as transport:
-        tokens = KognicTokenManager(
-            transport=transport, auth_url=server.url, credentials=credentials
-        )
-        with pytest.raises(AnnopullError, match="no access_token"):
-            await tokens.authorization()
-    assert parse_qs(server.bodies[0].decode()) == {
-        "grant_type": ["client_credentials"],
-        "client_id": ["id"],
-        "client_secret": ["sec"],
-    }
