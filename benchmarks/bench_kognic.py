@@ -63,10 +63,13 @@ def fake_server(count: int, content_size: int, latency: float) -> Iterator[dict[
         proc.wait(timeout=30)
 
 
-def run_annopull(fake: dict[str, Any], out: Path, concurrency: int) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one CLI pull."""
+def run_annopull(
+    fake: dict[str, Any], out: Path, concurrency: int, src: Path | None = None
+) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one CLI pull (of the code in ``src``, if given)."""
     env = dict(
         os.environ,
+        **({"PYTHONPATH": str(src)} if src is not None else {}),
         KOGNIC_CLIENT_ID=fake["client_id"],
         KOGNIC_CLIENT_SECRET=fake["client_secret"],
         ANNOPULL_KOGNIC_API_URL=fake["api_url"],
@@ -137,7 +140,17 @@ def main() -> None:
         default=0.02,
         help="seconds the fake storage waits per answer, like a cloud store's round trip",
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="SRC",
+        help="also run the annopull in SRC (a src/ folder of another checkout, e.g. a git "
+        "worktree of the commit before a refactor), alternating with this one, and print both",
+    )
     args = parser.parse_args()
+    if args.before is not None:
+        compare(args)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.zip"
@@ -167,6 +180,32 @@ def main() -> None:
         f"peak RSS {args.count:>6} annotations: {big_rss / 2**20:7.1f} MiB  "
         f"(ratio {big_rss / small_rss:.2f} for {args.count / args.small:.0f}x the items)"
     )
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Before vs after on the same fake, runs alternating so that noise hits both alike."""
+    runs: dict[str, list[tuple[float, int]]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.zip"
+        with fake_server(args.count, args.content_size, args.latency) as fake:
+            for _ in range(args.runs):
+                runs["before"].append(run_annopull(fake, out, args.concurrency, args.before))
+                runs["after"].append(run_annopull(fake, out, args.concurrency))
+    print(
+        f"annotations: {args.count} x ~{args.content_size} B, latency {args.latency * 1000:.0f} ms, "
+        f"concurrency {args.concurrency}, median of {args.runs}, runs alternating"
+    )
+    medians = {}
+    for name, results in runs.items():
+        seconds = statistics.median(t for t, _ in results)
+        rss = statistics.median(r for _, r in results)
+        medians[name] = (seconds, rss)
+        print(
+            f"{name:>6}: {args.count / seconds:8.0f} items/s ({seconds:.1f} s), "
+            f"peak RSS {rss / 2**20:6.1f} MiB"
+        )
+    (b_time, b_rss), (a_time, a_rss) = medians["before"], medians["after"]
+    print(f"after/before: throughput {b_time / a_time:.2f}x, peak RSS {a_rss / b_rss:.2f}x")
 
 
 if __name__ == "__main__":

@@ -101,3 +101,24 @@ async def test_readme_library_example_runs(
         assert len(archive.namelist()) == 30
     assert zipfile.ZipFile(tmp_path / "export.zip").testzip() is None
     assert zipfile.ZipFile(tmp_path / "project.zip").testzip() is None
+
+
+@pytest.mark.anyio
+async def test_readme_own_source_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's own-source example runs as written on the public pipeline and writes its zip."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("```python\n")[2].split("```", 1)[0]
+    assert "annopull.pull(" in code
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    monkeypatch.chdir(tmp_path)
+    report = await namespace["save_notes"]()
+    assert (report.ok, report.downloaded, report.listed) == (True, 2, 2)
+    with zipfile.ZipFile(tmp_path / "notes.zip") as archive:
+        assert {n: archive.read(n) for n in archive.namelist()} == {
+            "a.json": b'{"n": 1}',
+            "b.json": b'{"n": 2}',
+        }
+    assert not (tmp_path / "notes.zip.journal").exists()
