@@ -223,7 +223,9 @@ class Transport:
             AuthError: 401/403 (after one refetch).
             NotFoundError: 404.
             ApiError: any other non-retryable status; the platform's ``message`` is shown.
-            TransferError: retries exhausted.
+            TransferError: retries exhausted, as the subclass naming the last attempt's cause:
+                :class:`RequestTimeoutError`, :class:`NetworkError`,
+                :class:`RetryableStatusError` or :class:`InvalidResponseError` (not JSON).
         """
         refetched = False
 
@@ -285,6 +287,13 @@ class Transport:
             refresh_url: returns a fresh signed URL when the current one has expired.
             on_bytes: called with each change in bytes held (negative when cut back).
             item: named in errors.
+
+        Raises:
+            AuthError: a 403 from the store (with ``refresh_url``: to every fresh URL too).
+            ApiError: any other non-retryable status (:class:`NotFoundError` for 404).
+            TransferError: retries exhausted, as the subclass naming the last attempt's cause:
+                :class:`RequestTimeoutError`, :class:`NetworkError`,
+                :class:`TruncatedBodyError` or :class:`RetryableStatusError`.
         """
         current = url
         refreshes = 0
