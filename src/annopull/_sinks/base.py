@@ -27,8 +27,9 @@ from typing import ClassVar, Protocol, Self, TypeVar
 import anyio
 
 from annopull._errors import AnnopullError
+from annopull._storage.base import ObjectStorage
 
-__all__ = ["EntryInfo", "Records", "Sink", "SinkResult", "run_shielded"]
+__all__ = ["EntryInfo", "ObjectSink", "Records", "Sink", "SinkResult", "run_shielded"]
 
 T = TypeVar("T")
 
@@ -194,6 +195,34 @@ class Sink(abc.ABC):
                 self._result = await self.close()
             else:
                 await self.abort()
+
+
+class ObjectSink(Sink):
+    """A sink whose output is one object in an :class:`ObjectStorage` (a zip, a ``.jsonl``).
+
+    Args:
+        storage: where the object goes.
+    """
+
+    def __init__(self, storage: ObjectStorage) -> None:
+        super().__init__()
+        self._storage = storage
+
+    @property
+    def description(self) -> str:
+        return self._storage.description
+
+    @property
+    def unfinished(self) -> str:
+        partial = self._storage.partial_path
+        return str(partial) if partial is not None else self.description
+
+    @property
+    def state_path(self) -> Path | None:
+        return self._storage.state_path
+
+    def has_partial(self) -> bool:
+        return self._storage.has_partial()
 
 
 async def run_shielded(func: Callable[..., T], *args: object) -> T:

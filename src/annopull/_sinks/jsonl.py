@@ -12,7 +12,7 @@ import anyio
 import orjson
 
 from annopull._errors import AnnopullError, ResumeError, TransferError
-from annopull._sinks.base import EntryInfo, Sink, SinkResult, run_shielded
+from annopull._sinks.base import EntryInfo, ObjectSink, SinkResult, run_shielded
 from annopull._storage.base import Blob, ObjectStorage
 from annopull._storage.local import LocalFile
 
@@ -22,7 +22,7 @@ __all__ = ["JsonlSink"]
 _RECEIPT: Final = struct.Struct("<QQ")
 
 
-class JsonlSink(Sink):
+class JsonlSink(ObjectSink):
     """Writes ``{"scene_uuid":…, "annotation_type":…, "created":…, "content":{…}}`` lines.
 
     The fields are the item's (a Kognic annotation's above); the content is embedded as JSON.
@@ -37,28 +37,11 @@ class JsonlSink(Sink):
     kind = "jsonl"
 
     def __init__(self, path: Path | str | ObjectStorage) -> None:
-        super().__init__()
-        self._storage = path if isinstance(path, ObjectStorage) else LocalFile(Path(path))
+        super().__init__(path if isinstance(path, ObjectStorage) else LocalFile(Path(path)))
         self._blob: Blob | None = None
 
     def __repr__(self) -> str:
         return f"JsonlSink({self.description!r})"
-
-    @property
-    def description(self) -> str:
-        return self._storage.description
-
-    @property
-    def unfinished(self) -> str:
-        partial = self._storage.partial_path
-        return str(partial) if partial is not None else self.description
-
-    @property
-    def state_path(self) -> Path | None:
-        return self._storage.state_path
-
-    def has_partial(self) -> bool:
-        return self._storage.has_partial()
 
     async def open(self) -> None:
         last = self.records.last_receipt() if self._resume else None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from annopull._errors import AnnopullError
-from annopull._sinks.base import EntryInfo, Sink, SinkResult
+from annopull._sinks.base import EntryInfo, ObjectSink, SinkResult
 from annopull._storage.base import ObjectStorage
 from annopull._storage.local import LocalFile
 from annopull._storage.stream import StreamStorage
@@ -18,7 +18,7 @@ from annopull._zip.writer import WholeEntry, ZipWriter
 __all__ = ["ZipSink"]
 
 
-class ZipSink(Sink):
+class ZipSink(ObjectSink):
     """Builds a zip incrementally: memory stays flat whatever the number of entries.
 
     A path is written as ``<path>.part`` (patched headers, no data descriptors) with a
@@ -37,29 +37,12 @@ class ZipSink(Sink):
     def __init__(
         self, target: Path | str | BinaryIO | ObjectStorage, *, compress_level: int = 6
     ) -> None:
-        super().__init__()
-        self._storage = _storage_for(target)
+        super().__init__(_storage_for(target))
         self._level = compress_level
         self._writer: ZipWriter | None = None
 
     def __repr__(self) -> str:
         return f"ZipSink({self.description!r})"
-
-    @property
-    def description(self) -> str:
-        return self._storage.description
-
-    @property
-    def unfinished(self) -> str:
-        partial = self._storage.partial_path
-        return str(partial) if partial is not None else self.description
-
-    @property
-    def state_path(self) -> Path | None:
-        return self._storage.state_path
-
-    def has_partial(self) -> bool:
-        return self._storage.has_partial()
 
     async def open(self) -> None:
         last = self.records.last_receipt() if self._resume else None
