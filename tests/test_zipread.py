@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from annopull._errors import UnsafeEntryError, ZipFormatError
-from annopull._pipeline.journal import Journal
+from annopull._storage.local import LocalFile
 from annopull._zip.reader import (
     extract_zip,
     iter_jsonl_member,
@@ -34,11 +34,12 @@ ENTRIES = {
 
 async def write_zip(tmp_path: Path, entries: dict[str, bytes], *, compress: bool = True) -> Path:
     target = tmp_path / "out.zip"
-    journal = Journal.create(tmp_path / "out.journal", kind="zip", fingerprint={})
-    writer = await ZipWriter.open(target, journal=journal)
-    for name, data in entries.items():
+    writer = await ZipWriter.open(LocalFile(target))
+    rows = [
         await writer.add_entry(name, chunks(data), compress=compress, comment=f"c:{name}")
-    await writer.close()
+        for name, data in entries.items()
+    ]
+    await writer.close(rows)
     return target
 
 
@@ -82,7 +83,7 @@ async def test_verify_rejects_a_non_zip(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_extract_writes_every_file_and_no_temp_files(tmp_path: Path) -> None:
-    """Extraction recreates each entry byte-identical and leaves no .part files behind."""
+    """Extraction recreates each entry byte-identical and leaves no temporary files behind."""
     path = await write_zip(tmp_path, ENTRIES)
     dest = tmp_path / "dest"
     report = await extract_zip(path, dest)

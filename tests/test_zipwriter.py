@@ -1,29 +1,22 @@
+"""ZipWriter over LocalFile (patch mode) and StreamStorage (descriptor mode), read by zipfile."""
+
 from __future__ import annotations
 
 import io
 import os
-import sqlite3
 import struct
 import zipfile
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from annopull._errors import ResumeError, ZipFormatError
-from annopull._pipeline.journal import Journal
-from annopull._zip.writer import (
-    BATCH_BYTES,
-    LOCAL_HEADER,
-    PADDING_EXTRA_ID,
-    ZIP64_EXTRA_ID,
-    ZipWriter,
-    dos_datetime,
-    sanitize_entry_name,
-)
-
-FINGERPRINT = {"project": "A"}
+from annopull._storage.local import LocalFile
+from annopull._storage.stream import StreamStorage
+from annopull._zip.records import LOCAL_HEADER, PADDING_EXTRA_ID, ZIP64_EXTRA_ID, CentralRow
+from annopull._zip.writer import BATCH_BYTES, WholeEntry, ZipWriter
 
 
 async def chunks(data: bytes, size: int = 64 << 10) -> AsyncIterator[bytes]:
@@ -35,10 +28,6 @@ async def failing(data: bytes, error: BaseException) -> AsyncIterator[bytes]:
     async for chunk in chunks(data):
         yield chunk
     raise error
-
-
-def new_journal(tmp_path: Path) -> Journal:
-    return Journal.create(tmp_path / "out.journal", kind="zip", fingerprint=FINGERPRINT)
 
 
 def read_all(path: Path) -> dict[str, bytes]:
@@ -78,85 +67,37 @@ class NoSeekStream(io.RawIOBase):
         raise AssertionError("descriptor mode must not tell")
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        pytest.param("a.json", "a.json", id="plain"),
-        pytest.param("dir\\sub\\a.json", "dir/sub/a.json", id="backslashes"),
-        pytest.param("C:\\Windows\\a.json", "Windows/a.json", id="drive"),
-        pytest.param("/etc/passwd", "etc/passwd", id="absolute"),
-        pytest.param("../../a/./b/../c.json", "a/b/c.json", id="dot-segments"),
-        pytest.param("a//b/", "a/b", id="empty-segments"),
-        pytest.param("scènes/ü.json", "scènes/ü.json", id="utf8"),
-    ],
-)
-def test_sanitize_entry_name(raw: str, expected: str) -> None:
-    """Names lose every part that could escape the extraction folder, and nothing else."""
-    assert sanitize_entry_name(raw) == expected
-
-
-@pytest.mark.parametrize("raw", ["", "/", "..", "./..", "C:", "a\x00b"])
-def test_sanitize_rejects_unusable_names(raw: str) -> None:
-    """Names that are empty after sanitising, or hold a NUL, raise ZipFormatError."""
-    with pytest.raises(ZipFormatError):
-        sanitize_entry_name(raw)
-
-
-@pytest.mark.parametrize(
-    ("when", "expected"),
-    [
-        pytest.param(
-            datetime(2024, 5, 17, 13, 45, 31), datetime(2024, 5, 17, 13, 45, 30), id="odd"
-        ),
-        pytest.param(datetime(1970, 1, 1), datetime(1980, 1, 1), id="before-1980"),
-        pytest.param(datetime(2200, 1, 1), datetime(2107, 12, 31, 23, 59, 58), id="after-2107"),
-        pytest.param(
-            datetime(2024, 1, 1, 12, tzinfo=timezone(timedelta(hours=2))),
-            datetime(2024, 1, 1, 10),
-            id="aware-to-utc",
-        ),
-    ],
-)
-def test_dos_datetime_clamps_and_rounds(when: datetime, expected: datetime) -> None:
-    """DOS time keeps 2-second precision, converts aware times to UTC, clamps to 1980-2107."""
-    dos_time, dos_date = dos_datetime(when)
-    decoded = datetime(
-        (dos_date >> 9) + 1980,
-        (dos_date >> 5) & 0xF,
-        dos_date & 0x1F,
-        dos_time >> 11,
-        (dos_time >> 5) & 0x3F,
-        (dos_time & 0x1F) * 2,
-    )
-    assert decoded == expected
+def stream_storage(stream: NoSeekStream) -> StreamStorage:
+    return StreamStorage(stream)  # type: ignore[arg-type]
 
 
 @pytest.mark.anyio
-async def test_entries_round_trip_with_dedupe_comments_and_times(tmp_path: Path) -> None:
-    """Stored and deflated entries read back byte-identical, duplicates get ' (n)' names,
-    comments land in the central directory and mtimes in the headers."""
+async def test_entries_round_trip_with_sanitised_names_comments_and_times(tmp_path: Path) -> None:
+    """Stored and deflated entries read back byte-identical under their sanitised names,
+    comments land in the central directory and mtimes in the headers; only the zip remains."""
     target = tmp_path / "out.zip"
     when = datetime(2023, 3, 4, 5, 6, 8, tzinfo=UTC)
-    writer = await ZipWriter.open(target, journal=new_journal(tmp_path))
-    names = []
-    for i, name in enumerate(["a.json", "./a.json", "a.json", "b", "/b"]):
-        row = await writer.add_entry(
-            name, chunks(b"%d" % i * 1000), compress=i % 2 == 0, mtime=when, comment=f"c{i}"
+    writer = await ZipWriter.open(LocalFile(target))
+    rows = []
+    for i, name in enumerate(["a.json", "./b.json", "c\\d.json", "/e", "f"]):
+        rows.append(
+            await writer.add_entry(
+                name, chunks(b"%d" % i * 1000), compress=i % 2 == 0, mtime=when, comment=f"c{i}"
+            )
         )
-        names.append(row.name)
-    result = await writer.close()
-    assert names == ["a.json", "a (2).json", "a (3).json", "b", "b (2)"]
+    result = await writer.close(rows)
+    names = [row.name for row in rows]
+    assert names == ["a.json", "b.json", "c/d.json", "e", "f"]
     assert result.entries == 5
-    assert result.path == target
     assert result.bytes_written == target.stat().st_size
-    assert not (tmp_path / "out.zip.part").exists()
-    assert not (tmp_path / "out.journal").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zip"]  # noqa: ASYNC240 - test inspection
     assert read_all(target) == {n: b"%d" % i * 1000 for i, n in enumerate(names)}
     with zipfile.ZipFile(target) as archive:
         infos = archive.infolist()
     assert [i.compress_type for i in infos] == [8, 0, 8, 0, 8]
     assert [i.comment for i in infos] == [b"c0", b"c1", b"c2", b"c3", b"c4"]
     assert {i.date_time for i in infos} == {(2023, 3, 4, 5, 6, 8)}
+    assert [i.header_offset for i in infos] == [row.offset for row in rows]
 
 
 @pytest.mark.anyio
@@ -167,10 +108,10 @@ async def test_small_entries_stay_zip32_and_large_unknown_size_gets_padding(
     has its reserved ZIP64 extra rewritten as padding and is recorded as zip64=False."""
     target = tmp_path / "out.zip"
     big = os.urandom(BATCH_BYTES) * 3
-    writer = await ZipWriter.open(target, journal=new_journal(tmp_path))
+    writer = await ZipWriter.open(LocalFile(target))
     small_row = await writer.add_entry("small", chunks(b"x" * 5000))
     big_row = await writer.add_entry("big", chunks(big), compress=False)
-    await writer.close()
+    await writer.close([small_row, big_row])
     assert not small_row.zip64
     assert not big_row.zip64
     assert local_extra(target, "small") == b""
@@ -185,7 +126,7 @@ async def test_failing_iterator_discards_only_that_entry(tmp_path: Path) -> None
     """An exception from the chunks propagates unchanged, its partial bytes are cut away,
     and the writer goes on: the finished zip holds exactly the good entries."""
     target = tmp_path / "out.zip"
-    writer = await ZipWriter.open(target, journal=new_journal(tmp_path))
+    writer = await ZipWriter.open(LocalFile(target))
     first = await writer.add_entry("good-1", chunks(b"1" * 10))
     boom = RuntimeError("network gone")
     for data in (b"small", os.urandom(BATCH_BYTES * 2 + 5)):
@@ -194,7 +135,7 @@ async def test_failing_iterator_discards_only_that_entry(tmp_path: Path) -> None
         assert info.value is boom
     second = await writer.add_entry("good-2", chunks(b"2" * 10))
     assert second.offset == first.end_offset
-    await writer.close()
+    await writer.close([first, second])
     assert read_all(target) == {"good-1": b"1" * 10, "good-2": b"2" * 10}
 
 
@@ -203,9 +144,9 @@ async def test_size_hint_keeps_a_multi_batch_entry_zip32(tmp_path: Path) -> None
     """A streamed entry with a known size below the ZIP32 bound gets no ZIP64 extra at all."""
     target = tmp_path / "out.zip"
     data = os.urandom(BATCH_BYTES * 2 + 1)
-    writer = await ZipWriter.open(target, journal=new_journal(tmp_path))
+    writer = await ZipWriter.open(LocalFile(target))
     row = await writer.add_entry("hinted", chunks(data), size_hint=len(data))
-    await writer.close()
+    await writer.close([row])
     assert not row.zip64
     assert local_extra(target, "hinted") == b""
     assert read_all(target) == {"hinted": data}
@@ -217,16 +158,19 @@ async def test_descriptor_mode_never_seeks_and_always_deflates(tmp_path: Path) -
     result has descriptors only for multi-batch entries and reads back identical."""
     stream = NoSeekStream()
     big = os.urandom(BATCH_BYTES + 100)
-    writer = await ZipWriter.open(stream, journal=Journal.temporary(kind="zip"))
-    await writer.add_entry("small", chunks(b"s" * 100), compress=False)
-    await writer.add_entry("big", chunks(big), size_hint=len(big))
-    await writer.add_entry("small", chunks(b"t" * 100))
-    result = await writer.close()
-    assert result.path is None
+    writer = await ZipWriter.open(stream_storage(stream))
+    assert not writer.seekable
+    rows = [
+        await writer.add_entry("small", chunks(b"s" * 100), compress=False),
+        await writer.add_entry("big", chunks(big), size_hint=len(big)),
+        await writer.add_entry("small-2", chunks(b"t" * 100)),
+    ]
+    result = await writer.close(rows)
+    assert result.entries == 3
     assert result.bytes_written == len(stream.data)
     path = tmp_path / "s.zip"
     path.write_bytes(stream.data)
-    assert read_all(path) == {"small": b"s" * 100, "big": big, "small (2)": b"t" * 100}
+    assert read_all(path) == {"small": b"s" * 100, "big": big, "small-2": b"t" * 100}
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
     assert [i.compress_type for i in infos] == [8, 8, 8]
@@ -238,7 +182,7 @@ async def test_descriptor_mode_failure_after_first_batch_breaks_the_writer() -> 
     """In descriptor mode a failure inside the first batch leaves the stream intact, but one
     after bytes went out marks the writer failed for every later call."""
     stream = NoSeekStream()
-    writer = await ZipWriter.open(stream, journal=Journal.temporary(kind="zip"))
+    writer = await ZipWriter.open(stream_storage(stream))
     with pytest.raises(ValueError, match="early"):
         await writer.add_entry("a", failing(b"x" * 10, ValueError("early")))
     assert len(stream.data) == 0
@@ -247,6 +191,8 @@ async def test_descriptor_mode_failure_after_first_batch_breaks_the_writer() -> 
         await writer.add_entry("c", failing(os.urandom(2 * BATCH_BYTES), ValueError("late")))
     with pytest.raises(ZipFormatError, match="broken"):
         await writer.add_entry("d", chunks(b"more"))
+    with pytest.raises(ZipFormatError, match="broken"):
+        await writer.add_whole_entries([WholeEntry(name="e", data=b"more")])
     await writer.abort()
 
 
@@ -255,115 +201,237 @@ async def test_resume_after_abort_truncates_torn_tail(tmp_path: Path) -> None:
     """After abort(), garbage appended to .part is cut off on resume and the finished zip
     holds the old and new entries, byte-identical."""
     target = tmp_path / "out.zip"
-    journal_path = tmp_path / "out.journal"
-    async with await ZipWriter.open(target, journal=new_journal(tmp_path)) as writer:
-        await writer.add_entry("one", chunks(b"1" * 3000))
-        await writer.add_entry("two", chunks(b"2" * 3000), compress=False)
-        await writer.abort()
+    writer = await ZipWriter.open(LocalFile(target))
+    rows = [
+        await writer.add_entry("one", chunks(b"1" * 3000)),
+        await writer.add_entry("two", chunks(b"2" * 3000), compress=False),
+    ]
+    await writer.abort()
     part = tmp_path / "out.zip.part"
     size = part.stat().st_size
+    assert size == rows[-1].end_offset
     with part.open("ab") as f:
         f.write(b"PK\x03\x04torn half-written entry")
-    journal = Journal.open_existing(journal_path, kind="zip", fingerprint=FINGERPRINT)
-    writer = await ZipWriter.open(target, journal=journal, resume=True)
+    writer = await ZipWriter.open(LocalFile(target), resume=True, resume_after=rows[-1])
     assert part.stat().st_size == size
-    row = await writer.add_entry("one", chunks(b"3" * 3000))
-    await writer.close()
-    assert row.name == "one (2)"
-    assert read_all(target) == {"one": b"1" * 3000, "two": b"2" * 3000, "one (2)": b"3" * 3000}
+    row = await writer.add_entry("three", chunks(b"3" * 3000))
+    assert row.offset == size
+    # The rows come back through their bytes, as the ledger hands them to a resumed run.
+    await writer.close(CentralRow.decode(r.encode()) for r in [*rows, row])
+    assert read_all(target) == {"one": b"1" * 3000, "two": b"2" * 3000, "three": b"3" * 3000}
 
 
 @pytest.mark.anyio
-async def test_async_with_exception_aborts_and_keeps_resume_state(tmp_path: Path) -> None:
-    """Leaving `async with` by an exception keeps .part and a committed journal."""
+async def test_abort_keeps_the_synced_part_and_publishes_nothing(tmp_path: Path) -> None:
+    """abort() leaves a .part holding every written entry, no zip, and a writer that refuses
+    more work; a second abort() does nothing."""
     target = tmp_path / "out.zip"
-    writer = await ZipWriter.open(
-        target, journal=new_journal(tmp_path), commit_every=1000, commit_interval=3600
-    )
-
-    async def fail_inside() -> None:
-        async with writer:
-            await writer.add_entry("kept", chunks(b"k"))
-            raise KeyError("stop")
-
-    with pytest.raises(KeyError):
-        await fail_inside()
-    journal = Journal.open_existing(tmp_path / "out.journal", kind="zip", fingerprint=FINGERPRINT)
-    assert [e.name for e in journal.entries()] == ["kept"]
-    journal.close()
-    assert (tmp_path / "out.zip.part").exists()
+    writer = await ZipWriter.open(LocalFile(target))
+    row = await writer.add_entry("kept", chunks(b"k" * 100))
+    await writer.abort()
+    await writer.abort()
+    part = tmp_path / "out.zip.part"
+    assert part.stat().st_size == row.end_offset
+    assert not target.exists()
+    with pytest.raises(ZipFormatError, match="closed"):
+        await writer.add_entry("late", chunks(b"x"))
+    with pytest.raises(ZipFormatError, match="closed"):
+        await writer.close([row])
     assert not target.exists()
 
 
 @pytest.mark.anyio
-async def test_commit_every_makes_rows_durable(tmp_path: Path) -> None:
-    """With commit_every=3 the journal on disk shows rows in steps of 3."""
+async def test_flushed_rows_let_a_resumed_writer_continue_and_later_rows_are_cut(
+    tmp_path: Path,
+) -> None:
+    """flush() then keeping the rows is a checkpoint: a writer resumed after rows[-1] cuts
+    away every entry written after it and continues right at its end."""
     target = tmp_path / "out.zip"
-    writer = await ZipWriter.open(
-        target, journal=new_journal(tmp_path), commit_every=3, commit_interval=3600
-    )
-    seen = []
-    for i in range(7):
-        await writer.add_entry(f"e{i}", chunks(b"e"))
-        with sqlite3.connect(tmp_path / "out.journal") as other:
-            seen.append(other.execute("SELECT count(*) FROM entries").fetchone()[0])
+    writer = await ZipWriter.open(LocalFile(target))
+    kept = [await writer.add_entry(f"e{i}", chunks(b"%d" % i * 500)) for i in range(3)]
+    await writer.flush()
+    lost = [await writer.add_entry(f"lost{i}", chunks(b"L" * 500)) for i in range(2)]
+    await writer.flush()
     await writer.abort()
-    assert seen == [0, 0, 3, 3, 3, 6, 6]
+    part = tmp_path / "out.zip.part"
+    assert part.stat().st_size == lost[-1].end_offset > kept[-1].end_offset
+    writer = await ZipWriter.open(LocalFile(target), resume=True, resume_after=kept[-1])
+    assert part.stat().st_size == kept[-1].end_offset
+    more = await writer.add_entry("e3", chunks(b"3" * 500))
+    assert more.offset == kept[-1].end_offset
+    result = await writer.close([*kept, more])
+    assert result.entries == 4
+    assert read_all(target) == {f"e{i}": b"%d" % i * 500 for i in range(4)}
+
+
+@pytest.mark.anyio
+async def test_resume_with_no_kept_rows_starts_from_nothing(tmp_path: Path) -> None:
+    """resume=True with resume_after=None (nothing was durable yet) cuts the .part to zero."""
+    target = tmp_path / "out.zip"
+    writer = await ZipWriter.open(LocalFile(target))
+    await writer.add_entry("unrecorded", chunks(b"u" * 100))
+    await writer.abort()
+    writer = await ZipWriter.open(LocalFile(target), resume=True, resume_after=None)
+    assert (tmp_path / "out.zip.part").stat().st_size == 0
+    row = await writer.add_entry("first", chunks(b"f"))
+    await writer.close([row])
+    assert read_all(target) == {"first": b"f"}
 
 
 @pytest.mark.anyio
 async def test_resume_refuses_mismatched_part(tmp_path: Path) -> None:
     """Resume fails with ResumeError when .part is missing, too short, or has another
-    entry at the journal's last offset."""
+    entry at the last row's offset."""
     target = tmp_path / "out.zip"
-    writer = await ZipWriter.open(target, journal=new_journal(tmp_path))
-    await writer.add_entry("only", chunks(b"o" * 100))
+    writer = await ZipWriter.open(LocalFile(target))
+    row = await writer.add_entry("only", chunks(b"o" * 100))
     await writer.abort()
     part = tmp_path / "out.zip.part"
     good = part.read_bytes()
 
     async def resume() -> None:
-        journal = Journal.open_existing(
-            tmp_path / "out.journal", kind="zip", fingerprint=FINGERPRINT
-        )
-        try:
-            await ZipWriter.open(target, journal=journal, resume=True)
-        finally:
-            journal.close()
+        resumed = await ZipWriter.open(LocalFile(target), resume=True, resume_after=row)
+        await resumed.abort()
 
     part.write_bytes(good[:-10])
-    with pytest.raises(ResumeError, match="expects at least"):
+    with pytest.raises(ResumeError, match="at least") as caught:
         await resume()
+    assert caught.value.item == str(target)
     part.write_bytes(good.replace(b"only", b"ONLY"))
     with pytest.raises(ResumeError, match="no header for 'only'"):
         await resume()
     part.unlink()
-    with pytest.raises(ResumeError, match="no partial archive"):
+    with pytest.raises(ResumeError) as caught:
         await resume()
+    assert caught.value.item == str(target)
 
 
 @pytest.mark.anyio
-async def test_fresh_archive_refuses_nonempty_journal_and_streams_refuse_resume(
+async def test_fresh_open_replaces_a_leftover_part_and_streams_refuse_resume(
     tmp_path: Path,
 ) -> None:
-    """A non-resume open with a used journal, and resume on a stream, raise ResumeError."""
-    journal = new_journal(tmp_path)
-    writer = await ZipWriter.open(tmp_path / "a.zip", journal=journal)
-    await writer.add_entry("x", chunks(b"x"))
-    with pytest.raises(ResumeError, match="already holds entries"):
-        await ZipWriter.open(tmp_path / "b.zip", journal=journal)
-    with pytest.raises(ResumeError, match="cannot be resumed"):
-        await ZipWriter.open(NoSeekStream(), journal=journal, resume=True)  # type: ignore[arg-type]
+    """A non-resume open starts the .part afresh (no old entry survives); resume on a stream
+    raises ResumeError."""
+    target = tmp_path / "out.zip"
+    writer = await ZipWriter.open(LocalFile(target))
+    await writer.add_entry("old", chunks(b"x" * 100))
     await writer.abort()
+    writer = await ZipWriter.open(LocalFile(target))
+    row = await writer.add_entry("new", chunks(b"y"))
+    assert row.offset == 0
+    await writer.close([row])
+    assert read_all(target) == {"new": b"y"}
+    with pytest.raises(ResumeError, match="cannot be resumed"):
+        await ZipWriter.open(stream_storage(NoSeekStream()), resume=True, resume_after=row)
 
 
 @pytest.mark.anyio
 async def test_closed_writer_refuses_more_entries(tmp_path: Path) -> None:
-    """add_entry and close after close() raise ZipFormatError instead of corrupting the zip."""
-    writer = await ZipWriter.open(tmp_path / "a.zip", journal=new_journal(tmp_path))
-    await writer.close()
+    """add_entry, add_whole_entries and close after close() raise ZipFormatError instead of
+    corrupting the zip."""
+    writer = await ZipWriter.open(LocalFile(tmp_path / "a.zip"))
+    await writer.close([])
     with pytest.raises(ZipFormatError, match="closed"):
         await writer.add_entry("late", chunks(b"x"))
     with pytest.raises(ZipFormatError, match="closed"):
-        await writer.close()
+        await writer.add_whole_entries([WholeEntry(name="late", data=b"x")])
+    with pytest.raises(ZipFormatError, match="closed"):
+        await writer.close([])
     assert read_all(tmp_path / "a.zip") == {}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "seekable", [pytest.param(True, id="patch-mode"), pytest.param(False, id="descriptor-mode")]
+)
+async def test_add_whole_entries_answers_a_refused_entry_in_its_place(
+    tmp_path: Path, seekable: bool
+) -> None:
+    """Each unusable entry (NUL name, nothing-left name, overlong comment) gets its
+    ZipFormatError at its index; the others are written back to back and read back intact."""
+    target = tmp_path / "out.zip"
+    stream = NoSeekStream()
+    storage = LocalFile(target) if seekable else stream_storage(stream)
+    writer = await ZipWriter.open(storage)
+    when = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
+    entries = [
+        WholeEntry(name="ok-1.json", data=b"1" * 300, mtime=when, comment="c1"),
+        WholeEntry(name="\x00", data=b"nul"),
+        WholeEntry(name="ok-2.json", data=b"2" * 300, compress=False),
+        WholeEntry(name="../", data=b"parent"),
+        WholeEntry(name="long-comment", data=b"c", comment="c" * 0x10000),
+        WholeEntry(name="dir/ok-3.json", data=b""),
+    ]
+    answers = await writer.add_whole_entries(entries)
+    assert [type(a) for a in answers] == [
+        CentralRow,
+        ZipFormatError,
+        CentralRow,
+        ZipFormatError,
+        ZipFormatError,
+        CentralRow,
+    ]
+    refused = [a for a in answers if isinstance(a, ZipFormatError)]
+    assert [e.item for e in refused] == ["'\\x00'", "'../'", "long-comment"]
+    assert "NUL" in refused[0].reason
+    assert "empty" in refused[1].reason
+    assert "comment" in refused[2].reason
+    rows = [a for a in answers if isinstance(a, CentralRow)]
+    assert [r.name for r in rows] == ["ok-1.json", "ok-2.json", "dir/ok-3.json"]
+    assert [r.offset for r in rows[1:]] == [r.end_offset for r in rows[:-1]]
+    await writer.close(rows)
+    if not seekable:
+        target.write_bytes(stream.data)
+    assert read_all(target) == {
+        "ok-1.json": b"1" * 300,
+        "ok-2.json": b"2" * 300,
+        "dir/ok-3.json": b"",
+    }
+    with zipfile.ZipFile(target) as archive:
+        infos = archive.infolist()
+    assert [i.comment for i in infos] == [b"c1", b"", b""]
+    assert infos[0].date_time == (2024, 6, 1, 12, 0, 0)
+    # compress=False stores in patch mode; a stream always deflates.
+    assert [i.compress_type for i in infos] == [8, 0 if seekable else 8, 8]
+    assert not any(i.flag_bits & 0x08 for i in infos)
+
+
+@pytest.mark.anyio
+async def test_add_entry_refuses_an_unusable_name_and_writes_nothing(tmp_path: Path) -> None:
+    """A NUL or empty name raises ZipFormatError before any byte is written; the writer goes on."""
+    target = tmp_path / "out.zip"
+    writer = await ZipWriter.open(LocalFile(target))
+    for bad in ("a\x00b", "/./", "x" * 0x10000):
+        with pytest.raises(ZipFormatError):
+            await writer.add_entry(bad, chunks(b"data"))
+    row = await writer.add_entry("good", chunks(b"g"))
+    assert row.offset == 0
+    await writer.close([row])
+    assert read_all(target) == {"good": b"g"}
+
+
+@pytest.mark.anyio
+async def test_writer_keeps_duplicate_names_as_given(tmp_path: Path) -> None:
+    """The writer no longer dedupes: two entries of one name both land under that name
+    (making names unique is the pipeline's job, see name_candidates)."""
+    target = tmp_path / "out.zip"
+    writer = await ZipWriter.open(LocalFile(target))
+    rows = [
+        await writer.add_entry("a.json", chunks(b"first")),
+        await writer.add_entry("./a.json", chunks(b"second")),
+    ]
+    await writer.close(rows)
+    assert [r.name for r in rows] == ["a.json", "a.json"]
+    with zipfile.ZipFile(target) as archive:
+        assert [(i.filename, archive.read(i)) for i in archive.infolist()] == [
+            ("a.json", b"first"),
+            ("a.json", b"second"),
+        ]
+
+
+@pytest.mark.anyio
+async def test_bad_compress_level_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    """compress_level outside 0-9 raises ZipFormatError and creates no .part."""
+    with pytest.raises(ZipFormatError, match="compress_level"):
+        await ZipWriter.open(LocalFile(tmp_path / "out.zip"), compress_level=10)
+    assert list(tmp_path.iterdir()) == []  # noqa: ASYNC240 - test inspection
