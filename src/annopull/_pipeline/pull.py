@@ -46,6 +46,7 @@ from annopull._pipeline.previous import load_previous_versions
 from annopull._pipeline.scheduler import Fetched, fan_out
 from annopull._progress import NullProgress, Progress
 from annopull._sinks.base import EntryInfo, Sink
+from annopull._storage.lock import OutputLock
 from annopull._transport.http import ByteTarget
 from annopull._zip.names import name_candidates, sanitize_entry_name
 
@@ -382,6 +383,7 @@ class _Run(Generic[ItemT]):
         self.last_checkpoint = time.monotonic()
 
     async def go(self, *, resume: bool, concurrency: int) -> PullReport:
+        lock = await anyio.to_thread.run_sync(self._lock_output)
         try:
             items = self.source.items()
             async with self.selector, aclosing(items):
@@ -394,6 +396,32 @@ class _Run(Generic[ItemT]):
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._close_indexes)
+                if lock is not None:
+                    await anyio.to_thread.run_sync(lock.release)
+
+    def _lock_output(self) -> OutputLock | None:
+        """Check the output's place up front (before auth and listing) and lock it.
+
+        Raises:
+            ConfigError: the output's folder does not exist or cannot be written.
+            OutputBusyError: another run is writing this output.
+        """
+        sink = self.sink
+        path = sink.state_path
+        if path is None:
+            return None
+        try:
+            sink.prepare()
+        except OSError as exc:
+            raise ConfigError(f"cannot create {path.parent}: {exc.strerror}") from None
+        if not path.parent.is_dir():
+            raise ConfigError(f"the output's folder does not exist: {path.parent}")
+        lock = OutputLock(path.with_suffix(".lock"), output=sink.description)
+        try:
+            lock.acquire()
+        except PermissionError:
+            raise ConfigError(f"cannot write in {path.parent}: permission denied") from None
+        return lock
 
     def _open_ledger(self, resume: bool) -> bool:
         """The ledger for this run: the interrupted run's (resume) or a fresh one."""
@@ -404,9 +432,6 @@ class _Run(Generic[ItemT]):
             self.ledger = Ledger.temporary(kind=sink.kind, directory=self.spool_dir)
             sink.attach(self.ledger, resume=False)
             return False
-        sink.prepare()
-        if not path.parent.is_dir():
-            raise ConfigError(f"the output's folder does not exist: {path.parent}")
         leftover = path.exists() and sink.has_partial()
         if leftover and not resume:
             raise InterruptedRunError(

@@ -57,11 +57,12 @@ class DirectorySink(Sink):
         return True
 
     def prepare(self) -> None:
-        self._tree.prepare()
+        # Only the folder, for the journal and the lock: what a killed run left half-written
+        # is removed by open(), once this run holds the lock.
+        if self.state_path is not None:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
 
     async def open(self) -> None:
-        # prepare() already made the folder and, on resume, removed the temporary file of
-        # the entry a killed run was writing.
         await anyio.to_thread.run_sync(self._tree.prepare)
 
     async def write(self, info: EntryInfo, chunks: AsyncIterable[bytes]) -> bytes:
