@@ -6,15 +6,19 @@ import random
 import subprocess
 import sys
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import anyio
 import pytest
 
-from annopull._pipeline.journal import Journal
-from annopull._zip.writer import BATCH_BYTES, ZipWriter
+from annopull._pipeline.ledger import Ledger, LedgerRow
+from annopull._storage.local import LocalFile
+from annopull._storage.stream import StreamStorage
+from annopull._zip.names import name_candidates, sanitize_entry_name
+from annopull._zip.records import CentralRow
+from annopull._zip.writer import BATCH_BYTES, ZipResult, ZipWriter
 from zip_readers import READERS, Manifest
 
 FINGERPRINT = {"project": "interop"}
@@ -51,10 +55,48 @@ def manifest_of(items: dict[str, bytes]) -> Manifest:
     return {name: (len(data), zlib.crc32(data)) for name, data in items.items()}
 
 
-async def add_small_entries(writer: ZipWriter, count: int, items: dict[str, bytes]) -> None:
+def ledger_row(row: CentralRow) -> LedgerRow:
+    """The ledger row the pipeline keeps for a written entry: its name, comment and receipt."""
+    return LedgerRow(key=row.name, version=row.comment, name=row.name, receipt=row.encode())
+
+
+class Output:
+    """A writer and what the pull pipeline keeps beside it: unique names and every row.
+
+    Names are made unique the pipeline's way (sanitise, first free ``name_candidates``). With
+    a ledger, each row is recorded as its receipt and every ``commit_every`` rows is a
+    checkpoint: the archive is flushed first, then the ledger committed.
+    """
+
+    def __init__(
+        self, writer: ZipWriter, *, ledger: Ledger | None = None, commit_every: int = 50
+    ) -> None:
+        self.writer = writer
+        self.ledger = ledger
+        self.commit_every = commit_every
+        self.rows: list[CentralRow] = []
+        self.taken: set[str] = set()
+
+    async def add(self, name: str, data: AsyncIterable[bytes], **options: Any) -> CentralRow:
+        unique = next(c for c in name_candidates(sanitize_entry_name(name)) if c not in self.taken)
+        row = await self.writer.add_entry(unique, data, **options)
+        self.taken.add(row.name)
+        self.rows.append(row)
+        if self.ledger is not None:
+            self.ledger.record([ledger_row(row)])
+            if len(self.rows) % self.commit_every == 0:
+                await self.writer.flush()
+                self.ledger.commit()
+        return row
+
+    async def close(self) -> ZipResult:
+        return await self.writer.close(self.rows)
+
+
+async def add_small_entries(output: Output, count: int, items: dict[str, bytes]) -> None:
     for i in range(count):
         data = payload(i)
-        row = await writer.add_entry(
+        row = await output.add(
             entry_name(i), chunks(data), compress=i % 2 == 0, comment=f"created-{i}"
         )
         items[row.name] = data
@@ -67,10 +109,10 @@ def large_items() -> dict[str, tuple[bytes, bool]]:
     return {"large/noise.bin": (noise, False), "large/text.jsonl": (text, True)}
 
 
-async def add_large_entries(writer: ZipWriter, items: dict[str, bytes], *, hinted: bool) -> None:
+async def add_large_entries(output: Output, items: dict[str, bytes], *, hinted: bool) -> None:
     for name, (data, compress) in large_items().items():
         hint = len(data) if hinted else None
-        row = await writer.add_entry(name, chunks(data), size_hint=hint, compress=compress)
+        row = await output.add(name, chunks(data), size_hint=hint, compress=compress)
         items[row.name] = data
 
 
@@ -80,12 +122,13 @@ def build_mixed(directory: Path) -> Manifest:
 
     async def main() -> Manifest:
         items: dict[str, bytes] = {}
-        journal = Journal.create(directory / "mixed.journal", kind="zip", fingerprint={})
-        writer = await ZipWriter.open(target, journal=journal)
-        await add_small_entries(writer, 300, items)
-        await add_large_entries(writer, items, hinted=False)
-        await add_large_entries(writer, items, hinted=True)
-        await writer.close()
+        output = Output(await ZipWriter.open(LocalFile(target)))
+        await add_small_entries(output, 300, items)
+        await add_large_entries(output, items, hinted=False)
+        # The same names again: the second pair lands as "large/noise (2).bin" and so on.
+        await add_large_entries(output, items, hinted=True)
+        assert "large/noise (2).bin" in items
+        await output.close()
         return manifest_of(items)
 
     return anyio.run(main)
@@ -97,10 +140,10 @@ def build_through_pipe(directory: Path, *, hinted: bool) -> Manifest:
 
     async def main(pipe: BinaryIO) -> Manifest:
         items: dict[str, bytes] = {}
-        writer = await ZipWriter.open(pipe, journal=Journal.temporary(kind="zip"))
-        await add_small_entries(writer, 300, items)
-        await add_large_entries(writer, items, hinted=hinted)
-        await writer.close()
+        output = Output(await ZipWriter.open(StreamStorage(pipe)))
+        await add_small_entries(output, 300, items)
+        await add_large_entries(output, items, hinted=hinted)
+        await output.close()
         return manifest_of(items)
 
     with target.open("wb") as out:
@@ -119,11 +162,12 @@ def build_many(directory: Path) -> Manifest:
     target = directory / "many.zip"
 
     async def main() -> Manifest:
-        journal = Journal.create(directory / "many.journal", kind="zip", fingerprint={})
-        writer = await ZipWriter.open(target, journal=journal)
-        for i in range(70_000):
+        writer = await ZipWriter.open(LocalFile(target))
+        rows = [
             await writer.add_entry(f"e/{i}", chunks(b"%d" % i), compress=i % 2 == 0)
-        await writer.close()
+            for i in range(70_000)
+        ]
+        await writer.close(rows)
         return {f"e/{i}": (len(b"%d" % i), zlib.crc32(b"%d" % i)) for i in range(70_000)}
 
     return anyio.run(main)
@@ -133,25 +177,26 @@ KILLED_CHILD = """
 import os, sys, anyio
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from annopull._pipeline.journal import Journal
+from annopull._pipeline.ledger import Ledger
+from annopull._storage.local import LocalFile
 from annopull._zip.writer import ZipWriter
-from test_zip_interop import add_large_entries, add_small_entries, FINGERPRINT
+from test_zip_interop import FINGERPRINT, Output, add_large_entries, add_small_entries
 
 async def main():
     d = Path(sys.argv[1])
-    journal = Journal.create(d / "resumed.journal", kind="zip", fingerprint=FINGERPRINT)
-    writer = await ZipWriter.open(d / "resumed.zip", journal=journal, commit_every=50,
-                                  commit_interval=3600)
-    await add_large_entries(writer, {}, hinted=False)
-    await add_small_entries(writer, 230, {})
-    os._exit(0)  # a kill: no abort, no flush, 32 journal rows and the file tail uncommitted
+    ledger = Ledger.create(d / "resumed.journal", kind="zip", fingerprint=FINGERPRINT)
+    writer = await ZipWriter.open(LocalFile(d / "resumed.zip"))
+    output = Output(writer, ledger=ledger, commit_every=50)
+    await add_large_entries(output, {}, hinted=False)
+    await add_small_entries(output, 230, {})
+    os._exit(0)  # a kill: no abort, no flush, 32 ledger rows and the file tail uncommitted
 
 anyio.run(main)
 """
 
 
 def build_resumed(directory: Path) -> Manifest:
-    """A writer killed mid-run (os._exit), then resumed from its journal and finished."""
+    """A writer killed mid-run (os._exit), then resumed from its ledger and finished."""
     subprocess.run(
         [sys.executable, "-c", KILLED_CHILD, str(directory), str(Path(__file__).parent)],
         check=True,
@@ -159,18 +204,26 @@ def build_resumed(directory: Path) -> Manifest:
     target = directory / "resumed.zip"
 
     async def main() -> None:
-        journal = Journal.open_existing(
+        ledger = Ledger.open_existing(
             directory / "resumed.journal", kind="zip", fingerprint=FINGERPRINT
         )
         # 2 large + 198 small rows were committed; the last 32 entries were lost with the kill.
-        assert journal.count() == 200
-        writer = await ZipWriter.open(target, journal=journal, resume=True)
+        assert ledger.count() == 200
+        last = ledger.last_receipt()
+        assert last is not None
+        writer = await ZipWriter.open(
+            LocalFile(target), resume=True, resume_after=CentralRow.decode(last)
+        )
         for i in range(300):
-            if not journal.has_name(entry_name(i)):
-                await writer.add_entry(
+            if not ledger.has_name(entry_name(i)):
+                row = await writer.add_entry(
                     entry_name(i), chunks(payload(i)), compress=i % 2 == 0, comment=f"created-{i}"
                 )
-        await writer.close()
+                ledger.record([ledger_row(row)])
+        await writer.flush()
+        ledger.commit()
+        await writer.close(CentralRow.decode(receipt) for receipt in ledger.receipts())
+        ledger.delete()
 
     anyio.run(main)
     large = {name: data for name, (data, _) in large_items().items()}
@@ -184,21 +237,22 @@ def build_huge(directory: Path, *, stream: bool) -> Manifest:
     block = bytes(BATCH_BYTES)
 
     async def main(out: Path | BinaryIO) -> Manifest:
-        journal = (
-            Journal.temporary(kind="zip")
-            if stream
-            else Journal.create(directory / "huge.journal", kind="zip", fingerprint={})
-        )
-        writer = await ZipWriter.open(out, journal=journal, compress_level=1)
-        await writer.add_entry("small-first", chunks(b"first"))
-        await writer.add_entry("huge.bin", repeated(block, size), compress=stream)
+        storage = LocalFile(out) if isinstance(out, Path) else StreamStorage(out)
+        writer = await ZipWriter.open(storage, compress_level=1)
+        rows = [
+            await writer.add_entry("small-first", chunks(b"first")),
+            await writer.add_entry("huge.bin", repeated(block, size), compress=stream),
+        ]
+        assert rows[1].zip64
+        assert rows[1].uncompressed_size == size
         items = {"small-first": b"first"}
         for i in range(3):
             row = await writer.add_entry(f"after-{i}", chunks(payload(i + 1)), compress=i == 0)
             # Deflated zeros shrink to a few MiB: the stream case tests ZIP64 sizes instead.
             assert stream or row.offset > 4 * GIB
             items[row.name] = payload(i + 1)
-        await writer.close()
+            rows.append(row)
+        await writer.close(rows)
         crc = 0
         for _ in range(size // BATCH_BYTES):
             crc = zlib.crc32(block, crc)
