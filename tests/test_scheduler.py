@@ -164,3 +164,30 @@ def test_sole_error_leaves_plain_errors_alone() -> None:
     with pytest.raises(RuntimeError) as info, sole_error():
         raise error
     assert info.value is error
+
+
+async def test_workers_start_as_items_arrive_not_up_front() -> None:
+    """A huge concurrency on a short job starts no more workers than there are items."""
+    import asyncio
+
+    async def items() -> AsyncIterator[int]:
+        for i in range(5):
+            yield i
+
+    peak_tasks = 0
+
+    async def fetch(item: int) -> int:
+        nonlocal peak_tasks
+        peak_tasks = max(peak_tasks, len(asyncio.all_tasks()))
+        await anyio.sleep(0.01)
+        return item
+
+    got: list[int] = []
+
+    async def consume(batch: list[Any]) -> None:
+        got.extend(f.result for f in batch)
+
+    await fan_out(items(), fetch, consume, concurrency=100_000)
+    assert sorted(got) == [0, 1, 2, 3, 4]
+    # The test's own task, the producer and at most one worker per item.
+    assert peak_tasks <= 2 + 5 + 1

@@ -22,6 +22,7 @@ stays durable and journaled for a resume.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -379,6 +380,7 @@ class _Run(Generic[ItemT]):
         self.ledger: Ledger | None = None
         self.selector = Selector(selection)
         self.held: Ledger | None = None  # the interrupted run's rows, read-only
+        self.created: Path | None = None  # a folder made for this run's output
         self.pending = 0
         self.last_checkpoint = time.monotonic()
 
@@ -398,6 +400,11 @@ class _Run(Generic[ItemT]):
                 await anyio.to_thread.run_sync(self._close_indexes)
                 if lock is not None:
                     await anyio.to_thread.run_sync(lock.release)
+                if self.created is not None and self.ledger is None:
+                    # Stopped before any output existed (bad credentials, say): the folder
+                    # made for the lock goes too, so nothing is left behind.
+                    with contextlib.suppress(OSError):
+                        await anyio.Path(self.created).rmdir()
 
     def _lock_output(self) -> OutputLock | None:
         """Check the output's place up front (before auth and listing) and lock it.
@@ -410,6 +417,8 @@ class _Run(Generic[ItemT]):
         path = sink.state_path
         if path is None:
             return None
+        if not path.parent.exists():
+            self.created = path.parent
         try:
             sink.prepare()
         except OSError as exc:

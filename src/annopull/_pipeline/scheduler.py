@@ -6,7 +6,9 @@
 
 The producer pulls from the item source (e.g. listing pages) only as fast as the workers
 take items, so the next page is fetched while the current page's contents download, and
-no more than ``concurrency`` items wait, whatever the size of the job. Results go to a
+no more than ``concurrency`` items wait, whatever the size of the job. Workers are started
+as items arrive, never more than there are items: a huge ``concurrency`` on a short job
+costs nothing. Results go to a
 single consumer (sinks write one entry at a time). Every task belongs to one task group:
 an error in any of them, or a cancellation, stops them all and the results still queued
 are discarded through ``discard``.
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 __all__ = ["Fetched", "fan_out", "sole_error"]
@@ -65,13 +67,23 @@ async def fan_out(
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     todo_send, todo_recv = anyio.create_memory_object_stream[T](concurrency)
     done_send, done_recv = anyio.create_memory_object_stream[Fetched[T, R]](concurrency)
+
+    async def produce(tg: TaskGroup) -> None:
+        started = 0
+        # The producer owns the originals: workers get clones, and the streams end when the
+        # producer and every worker have closed theirs.
+        async with todo_send, todo_recv, done_send:
+            async for item in items:
+                # Start a worker only when every started one is busy.
+                if started < concurrency and todo_send.statistics().tasks_waiting_receive == 0:
+                    tg.start_soon(_work, fetch, todo_recv.clone(), done_send.clone())
+                    started += 1
+                await todo_send.send(item)
+
     try:
         with sole_error():
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_produce, items, todo_send)
-                async with done_send, todo_recv:
-                    for _ in range(concurrency):
-                        tg.start_soon(_work, fetch, todo_recv.clone(), done_send.clone())
+                tg.start_soon(produce, tg)
                 async for fetched in done_recv:
                     await consume(_take_ready(done_recv, [fetched], batch))
     finally:
@@ -114,12 +126,6 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     for exc in group.exceptions:
         found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return found
-
-
-async def _produce(items: AsyncIterable[T], send: ObjectSendStream[T]) -> None:
-    async with send:
-        async for item in items:
-            await send.send(item)
 
 
 async def _work(
