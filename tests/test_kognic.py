@@ -543,9 +543,69 @@ async def test_listing_that_does_not_advance_is_an_error() -> None:
         return web.json_response({"data": [], "metadata": {"nextCursorId": "same"}})
 
     async with _source_over([web.get(SEARCH_ROUTE, search)]) as source:
-        with pytest.raises(ApiError, match="did not advance past cursor 'same'"):
+        with pytest.raises(ApiError, match="went back to an earlier cursor 'same'"):
             _ = [ref async for ref in source.list_annotations("P", "T")]
     assert pages == [None, "same"]
+
+
+async def test_listing_cursor_cycle_is_an_error() -> None:
+    """Cursors A -> B -> A end the listing with ApiError instead of paging forever."""
+    pages: list[str | None] = []
+    following = {None: "A", "A": "B", "B": "A"}
+
+    async def search(request: web.Request) -> web.Response:
+        cursor = request.query.get("cursorId")
+        pages.append(cursor)
+        return web.json_response({"data": [], "metadata": {"nextCursorId": following[cursor]}})
+
+    async with _source_over([web.get(SEARCH_ROUTE, search)]) as source:
+        with pytest.raises(ApiError, match="earlier cursor 'A'"):
+            _ = [ref async for ref in source.list_annotations("P", "T")]
+    assert pages == [None, "A", "B"]
+
+
+async def test_hostile_listing_items_fail_alone_and_the_rest_arrive(tmp_path: Path) -> None:
+    """NUL, over-long and missing fields, a bad port: each item fails alone, the rest arrive."""
+    content = b'{"openlabel": {}}'
+    good = [f"good-{i}" for i in range(3)]
+
+    def listed(scene: object, *, created: str = "c", uri: str | None = "x") -> dict[str, object]:
+        item: dict[str, object] = {"inputUuid": scene, "annotationType": "T", "created": created}
+        if uri is not None:
+            item["uri"] = uri
+        return item
+
+    async def search(request: web.Request) -> web.Response:
+        here = f"http://{request.host}/o"
+        items: list[object] = [listed(g, uri=f"{here}/{g}") for g in good]
+        items += [
+            listed("nul\x00x", uri=f"{here}/x"),
+            listed("u" * 5000, uri=f"{here}/x"),
+            listed("long-created", created="9" * 70000, uri=f"{here}/x"),
+            listed("bad-port", uri="http://127.0.0.1:99999/o/x"),
+            listed("no-uri", uri=None),
+            "not an object",
+        ]
+        return web.json_response({"data": items, "metadata": {"nextCursorId": None}})
+
+    async def storage(request: web.Request) -> web.Response:
+        return web.Response(body=content)
+
+    routes = [web.get(SEARCH_ROUTE, search), web.get("/o/{name}", storage)]
+    async with _source_over(routes) as source:
+        report = await source.download("P", "T", sink=ZipSink(tmp_path / "o.zip"))
+    failed = {f.item[:20]: f.reason for f in report.failures}
+    assert len(report.failures) == 6, failed
+    assert "control character" in failed["nul\x00x"]
+    assert "5000 characters" in failed["u" * 20]
+    assert "70000 characters" in failed["long-created"]
+    assert "Port out of range" in failed["bad-port"]
+    assert "no 'uri'" in failed["no-uri"]
+    assert any("not an object" in reason for reason in failed.values())
+    with zipfile.ZipFile(tmp_path / "o.zip") as archive:
+        assert {n: archive.read(n) for n in archive.namelist()} == {
+            f"{g}.json": content for g in good
+        }
 
 
 @pytest.mark.parametrize("output", ["o.zip", "o.jsonl", "folder/"])

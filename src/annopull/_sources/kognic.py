@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import anyio
 import orjson
+import yarl
 
 from annopull._config import KognicConfig
 from annopull._errors import ApiError, ConfigError, NotFoundError
@@ -57,6 +58,8 @@ class AnnotationRef:
     uri: str = field(repr=False)
     #: The page that listed it, to re-read for a fresh ``uri``.
     page: PageKey = field(repr=False, compare=False)
+    #: Why this item cannot be fetched (a malformed listing entry), or ``None``.
+    problem: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,15 +121,20 @@ class KognicSource:
         url = self.search_url(project, annotation_type, batch=batch)
         extra = {"useDefaultCartesian": "true"} if cartesian else {}
         cursor: str | None = None
+        # Every cursor seen: a server that hands back one it gave before (A -> B -> A) would
+        # page forever. A cursor is short; a million scenes are a few thousand pages.
+        seen: set[str | None] = {None}
         while True:
             refs, cursor_next = await self._page(url, cursor, extra)
             for ref in refs:
                 yield ref
             if cursor_next is None:
                 return
-            if cursor_next == cursor:
-                # A server that hands back the cursor it was given would loop forever.
-                raise ApiError(f"listing did not advance past cursor {cursor!r}", url=url)
+            if cursor_next in seen:
+                raise ApiError(
+                    f"listing went back to an earlier cursor {cursor_next[:80]!r}", url=url
+                )
+            seen.add(cursor_next)
             cursor = cursor_next
 
     async def get_annotation(self, scene_uuid: str, annotation_type: str) -> Annotation:
@@ -263,13 +271,15 @@ class KognicSource:
         if not isinstance(body, dict) or not isinstance(body.get("data", []), list):
             raise ApiError("search answer is not a page of annotations", url=url)
         key = PageKey(url, cursor, tuple(sorted(extra.items())))
-        refs = [_ref(item, key, url) for item in body.get("data") or []]
+        refs = [_ref(item, key, index) for index, item in enumerate(body.get("data") or [])]
         next_cursor = (body.get("metadata") or {}).get("nextCursorId")
         return refs, None if next_cursor is None else str(next_cursor)
 
     async def _fetch(
         self, ref: AnnotationRef, target: ByteTarget, *, on_bytes: Callable[[int], None] | None
     ) -> None:
+        if ref.problem is not None:
+            raise ApiError(ref.problem, item=ref.scene_uuid)
         last = ref.uri
 
         async def refresh() -> str:
@@ -317,17 +327,60 @@ def _unwrap(body: Any) -> Any:
     return body
 
 
-def _ref(item: Any, page: PageKey, url: str) -> AnnotationRef:
+def _ref(item: Any, page: PageKey, index: int) -> AnnotationRef:
+    """One listed item; what is wrong with it is its own failure, not the listing's."""
+    if not isinstance(item, dict):
+        return _malformed(page, index, "listed item is not an object")
     try:
-        return AnnotationRef(
+        ref = AnnotationRef(
             scene_uuid=str(item["inputUuid"]),
             annotation_type=str(item["annotationType"]),
             created=str(item["created"]),
             uri=str(item["uri"]),
             page=page,
         )
-    except (KeyError, TypeError):
-        raise ApiError("search answer holds a malformed item", url=url) from None
+    except KeyError as exc:
+        scene = item.get("inputUuid")
+        if isinstance(scene, str) and 0 < len(scene) <= _MAX_FIELD:
+            return _malformed(page, index, f"listed item has no {exc.args[0]!r}", scene=scene)
+        return _malformed(page, index, f"listed item has no {exc.args[0]!r}")
+    problem = _problem(ref)
+    return ref if problem is None else replace(ref, problem=problem)
+
+
+#: Longest scene uuid or ``created`` taken from a listing; real ones are 36 and ~30 long.
+_MAX_FIELD = 1024
+
+
+def _problem(ref: AnnotationRef) -> str | None:
+    if not ref.scene_uuid or len(ref.scene_uuid) > _MAX_FIELD:
+        return f"scene uuid is {len(ref.scene_uuid)} characters long"
+    if len(ref.created) > _MAX_FIELD:
+        return f"created is {len(ref.created)} characters long"
+    if any(ord(c) < 0x20 for c in ref.scene_uuid):
+        return "scene uuid holds a control character"
+    try:
+        uri = yarl.URL(ref.uri)
+        uri.port  # noqa: B018 - yarl checks the port range only when asked
+    except ValueError as exc:
+        return f"content uri is not usable: {exc}"
+    if uri.scheme not in ("http", "https") or not uri.host:
+        return "content uri is not an http(s) URL with a host"
+    return None
+
+
+def _malformed(
+    page: PageKey, index: int, problem: str, *, scene: str | None = None
+) -> AnnotationRef:
+    where = f"page {page.cursor or 'first'}, item {index + 1}"
+    return AnnotationRef(
+        scene_uuid=scene or f"<{where}>",
+        annotation_type="",
+        created="",
+        uri="",
+        page=page,
+        problem=f"{problem} ({where})",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
