@@ -437,3 +437,84 @@ async def test_export_many_runs_concurrently_and_isolates_failures(
         "Beta.zip",
         "Gamma.zip",
     ]
+
+
+async def test_size_probe_goes_through_the_transport(
+    source: AnnoLabSource, transport: Transport, fake: FakeAnnoLab, tmp_path: Path, monkeypatch
+):
+    """The progress size comes from Transport.probe_size, and a None from it loses only the ETA."""
+    job = await source.wait(await source.start(InstrumentsExport(owner="Group", project="Beta")))
+    asked: list[str] = []
+
+    async def probe_size(url: str) -> int | None:
+        asked.append(url)
+        return None
+
+    monkeypatch.setattr(transport, "probe_size", probe_size)
+    progress = Recorder()
+    await source.download(job, tmp_path / "b.zip", progress=progress)
+    assert asked == [job.download_url]
+    assert progress.expected == [None]
+    assert (tmp_path / "b.zip").read_bytes() == fake.export_path(1).read_bytes()
+
+
+async def test_failed_download_keeps_part_with_a_resume_hint(
+    source: AnnoLabSource, fake: FakeAnnoLab, tmp_path: Path
+):
+    """Retries run out: the error names the .part and its byte count, and no CLI flag."""
+    job = await source.wait(
+        await source.start(InstrumentsExport(owner="Group", project="Alpha", include_files=True))
+    )
+    fake.faults.add(Fault(target="download", truncate_after=50_000, times=100))
+    with pytest.raises(TransferError, match="run again to resume") as caught:
+        await source.download(job, tmp_path / "a.zip")
+    part = tmp_path / "a.zip.part"
+    kept = part.stat().st_size
+    assert 0 < kept < fake.export_path(1).stat().st_size
+    assert f"{kept} bytes kept in {part}" in str(caught.value)
+    assert "--" not in str(caught.value)
+    assert not (tmp_path / "a.zip").exists()
+
+
+async def test_folder_output_resumes_its_hidden_part(
+    source: AnnoLabSource, fake: FakeAnnoLab, tmp_path: Path
+):
+    """An extraction cut short resumes its hidden zip by Range; afterwards only the files stay."""
+    job = await source.wait(await source.start(InstrumentsExport(owner="Group", project="Beta")))
+    whole = fake.export_path(1).read_bytes()
+    folder = tmp_path / "dest"
+    folder.mkdir()
+    third = len(whole) // 3
+    (folder / ".annopull-Group_Beta.zip.part").write_bytes(whole[:third])
+    result = await source.download(job, folder)
+    assert result.resumed_from == third
+    assert f"bytes={third}-" in fake.stats.download_ranges
+    assert sorted(p.name for p in folder.iterdir()) == ["instruments.json"]
+    with zipfile.ZipFile(fake.export_path(1)) as archive:
+        assert (folder / "instruments.json").read_bytes() == archive.read("instruments.json")
+
+
+async def test_modes_follow_the_umask(transport: Transport, fake: FakeAnnoLab, tmp_path: Path):
+    """The zip output gets 0o666 less the umask; extracted files their entry's bits less it."""
+    import os
+    import stat
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("instruments.json", b"{}\n")  # zipfile gives it 0o600
+        tool = zipfile.ZipInfo("bin/tool.sh")
+        tool.create_system = 3
+        tool.external_attr = (stat.S_IFREG | 0o755) << 16
+        archive.writestr(tool, b"#!/bin/sh\n")
+    runner, base = await _serve_bytes(buffer.getvalue(), honour_range=True)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        source = _source(transport, fake)
+        await source.download(_finished_job(f"{base}/export.zip"), tmp_path / "m.zip")
+        await source.download(_finished_job(f"{base}/export.zip"), f"{tmp_path / 'm'}/")
+    finally:
+        await runner.cleanup()
+    assert stat.S_IMODE((tmp_path / "m.zip").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "m" / "bin" / "tool.sh").stat().st_mode) == 0o755 & ~umask
+    assert stat.S_IMODE((tmp_path / "m" / "instruments.json").stat().st_mode) == 0o600 & ~umask

@@ -1,7 +1,8 @@
-"""Byte targets for downloads: a spool that spills to disk, and a resumable file.
+"""A download's byte target held in memory first: a spool that spills to disk.
 
-Both implement :class:`annopull._transport.http.ByteTarget`, so a retry can cut them back. Disk
-writes go to a worker thread (aiofiles), never blocking the event loop.
+It implements :class:`annopull._transport.http.ByteTarget`, so a retry can cut it back. Disk
+writes go to a worker thread (aiofiles), never blocking the event loop. A download into an
+output file goes through storage instead (:class:`annopull._storage.target.BlobTarget`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import aiofiles
-import aiofiles.os
 import anyio
 
-__all__ = ["FileTarget", "Spool"]
+__all__ = ["Spool"]
 
 
 class Spool:
@@ -100,43 +100,3 @@ class Spool:
         self._file = await aiofiles.open(fd, "w+b")
         await self._file.write(bytes(self._memory))
         self._memory = bytearray()
-
-
-class FileTarget:
-    """A file that a download appends to; ``size`` starts at what is already on disk.
-
-    Args:
-        path: the file; created when missing, kept when present (for Range resume).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: Any = None
-        self._size = 0
-
-    async def __aenter__(self) -> FileTarget:
-        self._file = await aiofiles.open(self.path, "ab")
-        self._size = (await aiofiles.os.stat(self.path)).st_size
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._file.flush()
-            await anyio.to_thread.run_sync(os.fsync, self._file.fileno())
-            await self._file.close()
-
-    @property
-    def size(self) -> int:
-        """Bytes in the file."""
-        return self._size
-
-    async def write(self, chunk: bytes) -> None:
-        """Append ``chunk``."""
-        await self._file.write(chunk)
-        self._size += len(chunk)
-
-    async def truncate(self, size: int) -> None:
-        """Cut the file back to ``size`` bytes (appends continue from there)."""
-        await self._file.flush()
-        await self._file.truncate(size)
-        self._size = size

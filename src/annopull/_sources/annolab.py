@@ -9,9 +9,10 @@ The flow of one export, each step also callable on its own for apps that schedul
 :meth:`AnnoLabSource.export_instruments` and :meth:`AnnoLabSource.export_project` do all three;
 :meth:`AnnoLabSource.export_many` runs several exports at once under the engine's concurrency.
 
-The zip is streamed to ``<output>.part`` (never held in memory); a cut connection resumes with
-a Range request from the bytes already on disk, also across runs. The ``.part`` becomes the
-output only after its central directory and every entry's CRC verified. The Api-Key goes to
+The zip is streamed through the shared local storage into ``<output>.part`` (never held in
+memory); a cut connection resumes with a Range request from the bytes already on disk, also
+across runs. The ``.part`` is published as the output (atomic rename, folder synced) only after
+its central directory and every entry's CRC verified. The Api-Key goes to
 the API host only: never to the signed download URL, nor to a status URL on another host.
 """
 
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 from urllib.parse import urljoin, urlsplit
 
-import aiohttp
 import anyio
+import anyio.to_thread
 import orjson
 
 from annopull._config import AnnoLabConfig
@@ -40,8 +41,9 @@ from annopull._errors import (
     ZipFormatError,
     redact_url,
 )
-from annopull._pipeline.buffers import FileTarget
 from annopull._progress import NullProgress, Progress
+from annopull._storage.local import LocalFile
+from annopull._storage.target import BlobTarget
 from annopull._transport.http import AuthProvider, Transport
 from annopull._zip.reader import extract_zip, iter_jsonl_member, verify_zip
 
@@ -435,10 +437,13 @@ class AnnoLabSource:
         if into_folder:
             return await self._download_into(job, path, report, sized=sized)
         await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
-        part = path.with_name(path.name + ".part")
-        size, resumed = await self._fetch(job, part, report, sized=sized)
-        entries = await self._verify(part, job, resumed)
-        await anyio.Path(part).replace(path)
+        storage = LocalFile(path)
+        async with await BlobTarget.open(storage, resume=True) as target:
+            size, resumed = await self._fetch(
+                job, target, storage.partial_path, report, sized=sized
+            )
+            entries = await self._verify(storage.partial_path, job, resumed)
+            await target.publish(storage)
         return ExportResult(
             label=job.label,
             kind=job.kind,
@@ -453,12 +458,19 @@ class AnnoLabSource:
     ) -> ExportResult:
         await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
         # A fixed name, so a run cut short resumes it; hidden, so it is not taken for output.
-        part = folder / f".annopull-{_slug(job.label)}.zip.part"
-        size, resumed = await self._fetch(job, part, report, sized=sized)
-        entries = await self._verify(part, job, resumed)
+        # Never published: it is extracted, then removed.
+        zip_path = folder / f".annopull-{_slug(job.label)}.zip"
+        storage = LocalFile(
+            zip_path, partial=zip_path.with_name(zip_path.name + ".part"), resumable=False
+        )
+        async with await BlobTarget.open(storage, resume=True) as target:
+            size, resumed = await self._fetch(
+                job, target, storage.partial_path, report, sized=sized
+            )
+        entries = await self._verify(storage.partial_path, job, resumed)
         report.status(f"{job.label}: extracting")
-        extracted = await extract_zip(part, folder)
-        await anyio.Path(part).unlink()
+        extracted = await extract_zip(storage.partial_path, folder)
+        await anyio.to_thread.run_sync(storage.discard_partial)
         return ExportResult(
             label=job.label,
             kind=job.kind,
@@ -471,9 +483,18 @@ class AnnoLabSource:
         )
 
     async def _fetch(
-        self, job: ExportJob, part: Path, report: Progress, *, sized: bool
+        self,
+        job: ExportJob,
+        target: BlobTarget,
+        part: Path,
+        report: Progress,
+        *,
+        sized: bool,
     ) -> tuple[int, int]:
-        """Stream the zip into ``part``; return its size and the bytes found there first."""
+        """Stream the zip into ``target`` (the file ``part``), durable when this returns.
+
+        Returns its size and the bytes an earlier run had left there.
+        """
         current = job
 
         async def fresh_url() -> str:
@@ -484,30 +505,33 @@ class AnnoLabSource:
             return current.download_url
 
         assert job.download_url is not None
-        async with FileTarget(part) as target:
-            resumed = target.size
-            if sized:
-                report.expect_bytes(await self._size_of(job))
-            if resumed:
-                report.bytes(resumed)
-            report.status(f"{job.label}: downloading" + (" (resuming)" if resumed else ""))
-            try:
-                size = await self._transport.download(
-                    job.download_url,
-                    target,
-                    resume=True,
-                    refresh_url=fresh_url,
-                    on_bytes=report.bytes,
-                    item=job.label,
-                )
-            except TransferError as exc:
-                raise TransferError(
-                    f"{exc.reason}; {target.size} bytes kept in {part}, run again to resume",
-                    url=exc.url,
-                    status=exc.status,
-                    attempts=exc.attempts,
-                    item=job.label,
-                ) from exc
+        resumed = target.size
+        if sized:
+            report.expect_bytes(await self._size_of(job))
+        if resumed:
+            report.bytes(resumed)
+        report.status(f"{job.label}: downloading" + (" (resuming)" if resumed else ""))
+        try:
+            size = await self._transport.download(
+                job.download_url,
+                target,
+                resume=True,
+                refresh_url=fresh_url,
+                on_bytes=report.bytes,
+                item=job.label,
+            )
+        except TransferError as exc:
+            # Closed here, so the count below is what the next run will find.
+            await target.aclose()
+            raise TransferError(
+                f"{exc.reason}; {target.size} bytes kept in {part}, run again to resume",
+                url=exc.url,
+                status=exc.status,
+                attempts=exc.attempts,
+                item=job.label,
+            ) from exc
+        # On disk before the zip is verified there by path.
+        await target.sync()
         return size, resumed
 
     async def _verify(self, part: Path, job: ExportJob, resumed: int) -> int:
@@ -528,27 +552,14 @@ class AnnoLabSource:
         return check.entries
 
     async def _size_of(self, job: ExportJob) -> int | None:
-        """The zip's size, for the progress ETA: from the status answer, else a 1-byte probe."""
+        """The zip's size, for the progress ETA: from the status answer, else a storage probe."""
         for key in _SIZE_KEYS:
             value = job.raw.get(key)
             if isinstance(value, int) and value >= 0:
                 return value
         assert job.download_url is not None
-        # A HEAD would be cheaper, but signed URLs are signed for GET only.
-        try:
-            async with self._transport.session.get(
-                job.download_url, headers={"Range": "bytes=0-0"}
-            ) as resp:
-                if resp.status == 206:
-                    # Read the one byte, so the connection ends cleanly for the server too.
-                    await resp.read()
-                    total = resp.headers.get("Content-Range", "").rpartition("/")[2]
-                    return int(total) if total.isdigit() else None
-                if resp.status == 200:
-                    return resp.content_length
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            pass  # only the ETA is lost; the download itself retries properly
-        return None
+        # Only the ETA depends on it: the transport gives None rather than an error.
+        return await self._transport.probe_size(job.download_url)
 
     # -- all in one -----------------------------------------------------------------------
     async def export(
