@@ -21,7 +21,9 @@
 
 Every error carries its context as attributes (``url`` without its signature query,
 ``status``, ``attempts``, ``item``; :class:`StorageError` also ``path``) and puts it into its
-one-line message. No secret (token, key, client secret, URL signature) ever enters a message.
+one-line message. No secret (token, key, client secret, URL signature) ever enters a message:
+the message, however it was put together (an echoed error body, a lower layer's exception
+text), is rendered through :func:`annopull._redact.redact`, and so is ``reason``.
 
 The :class:`TransferError` subclasses name the cause of the *last* failed attempt, so a
 caller can tell "the network is down" from "the server kept answering 503" without parsing
@@ -33,6 +35,8 @@ from __future__ import annotations
 
 import os
 from urllib.parse import urlsplit, urlunsplit
+
+from annopull._redact import redact
 
 __all__ = [
     "AnnopullError",
@@ -68,7 +72,8 @@ class AnnopullError(Exception):
     """Base of every error annopull raises on purpose.
 
     Args:
-        message: what went wrong, one line, for a person.
+        message: what went wrong, one line, for a person; stored (as ``reason``) and shown
+            with any secret in it masked.
         url: the request URL; stored and shown without its query string.
         status: the HTTP status of the last answer, if there was one.
         attempts: how many times the request was tried.
@@ -84,8 +89,8 @@ class AnnopullError(Exception):
         attempts: int | None = None,
         item: str | None = None,
     ) -> None:
-        self.reason = message
-        self.url = redact_url(url) if url is not None else None
+        self.reason = redact(message)
+        self.url = redact(redact_url(url)) if url is not None else None
         self.status = status
         self.attempts = attempts
         self.item = item
@@ -93,7 +98,9 @@ class AnnopullError(Exception):
 
     def _render(self) -> str:
         context = self._context()
-        return f"{self.reason} ({', '.join(context)})" if context else self.reason
+        text = f"{self.reason} ({', '.join(context)})" if context else self.reason
+        # The context too: an item name or a path could quote a secret as well.
+        return redact(text)
 
     def _context(self) -> list[str]:
         context = []

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from annopull._cli import annolab, fake, kognic
+from annopull._cli import annolab, fake, kognic, urls
 from annopull._cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -27,6 +27,7 @@ from annopull._config import load_config
 from annopull._errors import AnnopullError
 from annopull._pipeline.pull import InterruptedRunError
 from annopull._pipeline.scheduler import sole_error
+from annopull._redact import RedactingFormatter, redact
 
 __all__ = ["build_parser", "main"]
 
@@ -38,6 +39,7 @@ examples:
   annopull --fake kognic --project demo --batch demo --annotation-type demo -o out.zip
   annopull --config my.toml kognic --project P --annotation-type T -o out.zip
   annopull annolab instruments --owner G --project P -o export.zip
+  annopull urls urls.txt -o files.zip
   annopull fake serve            # the bundled fake platforms, for your own scripts
 """
 
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     kognic.register(sub)
     annolab.register(sub)
+    urls.register(sub)
     fake.register(sub)
     return parser
 
@@ -87,7 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="annopull: %(message)s", stream=sys.stderr)
+        # Every log line is masked as a whole (message, arguments, traceback): a logged
+        # exception text or URL may carry a signature or a token.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(RedactingFormatter("annopull: %(message)s"))
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
     if getattr(args, "sync_command", None) is not None:
         code: int = args.sync_command(args)
         return code
@@ -192,8 +199,9 @@ def _with_flag_hint(exc: AnnopullError) -> str:
 
 
 def _describe_os_error(exc: OSError) -> str:
+    """The OS error in a line, masked (an object store's text may quote a signed URL)."""
     where = f": {exc.filename}" if exc.filename else ""
-    return f"{exc.strerror or exc}{where}"
+    return redact(f"{exc.strerror or exc}{where}")
 
 
 def entry() -> None:  # pragma: no cover - console script shim

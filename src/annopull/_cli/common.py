@@ -23,6 +23,7 @@ from annopull._errors import (
 )
 from annopull._pipeline.pull import PullReport
 from annopull._progress import NullProgress, Progress, TerminalProgress, format_bytes
+from annopull._redact import redact
 from annopull._sinks import Sink
 
 __all__ = [
@@ -118,17 +119,33 @@ def exit_code_for(exc: AnnopullError) -> int:
 
 
 def fail(message: str) -> None:
-    """Print one error line to stderr, as every failure of the CLI does."""
-    print(f"annopull: error: {message}", file=sys.stderr, flush=True)
+    """Print one error line to stderr, as every failure of the CLI does (secrets masked)."""
+    print(f"annopull: error: {redact(message)}", file=sys.stderr, flush=True)
 
 
 def write_summary(path: Path | None, summary: Mapping[str, Any]) -> None:
-    """Write ``summary`` as JSON, atomically, when the user asked for it."""
+    """Write ``summary`` as JSON, atomically, when the user asked for it.
+
+    Every string in it (keys too) passes through :func:`~annopull._redact.redact` first: a
+    failure's reason may quote an error body. Strings are masked before encoding, so a
+    secret is found however JSON would escape it.
+    """
     if path is None:
         return
     temp = path.with_name(path.name + ".tmp")
-    temp.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    temp.write_bytes(orjson.dumps(_redacted(summary), option=orjson.OPT_INDENT_2) + b"\n")
     temp.replace(path)
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every string in it, at any depth, passed through ``redact``."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {_redacted(key): _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return value
 
 
 def print_summary(report: PullReport, *, noun: str) -> None:
