@@ -1,0 +1,123 @@
+"""``annopull urls``: fetch every URL of a list into a zip, folder or JSONL."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from typing import Any
+
+import anyio
+
+from annopull._cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Context,
+    add_engine_options,
+    hint_resume,
+    make_progress,
+    print_summary,
+    progress_or_null,
+    write_summary,
+)
+from annopull._errors import ConfigError
+from annopull._pipeline.pull import Selection, parse_shard
+from annopull._sinks import sink_for
+from annopull._sources.urls import UrlSource, read_url_list
+
+__all__ = ["register"]
+
+EPILOG = """\
+LIST: one URL a line, or URL<TAB>NAME; blank lines and lines starting with # are ignored;
+- reads the list from stdin. The whole list is checked before anything is fetched: a
+malformed line (not http/https, no host, a bad port, an empty NAME, control characters)
+stops with exit 2 and names the line.
+
+names: an entry is called NAME, else the last segment of the URL's path, percent-decoded
+(index for a path ending in /); a name used twice becomes "a (2).json". NAME, else the
+URL, is the entry's identity for --resume and --shard. A URL's query (a signature) never
+reaches the output, the journal or the summary. Give signed URLs NAMEs: a list regenerated
+with fresh signatures and the same NAMEs resumes; without NAMEs it is another list.
+
+output kinds (-o):
+  out.zip       a zip, one entry per URL, the body byte for byte (written as out.zip.part,
+                renamed when complete; out.zip.journal beside it while running)
+  -             a zip streamed to stdout
+  folder/       one file per URL
+  out.jsonl     one JSON line per URL: url (without its query), name, and content (a JSON
+                body, embedded) or content_base64 (any other body)
+
+examples:
+  annopull urls urls.txt -o files.zip
+  make-signed-urls | annopull urls - -o files/ --concurrency 64
+  annopull urls urls.txt -o files.zip --resume
+  annopull urls urls.txt -o part2.zip --shard 2/4 --summary run.json
+
+No credentials are needed, and no Authorization header is sent to the URLs.
+"""
+
+
+def register(sub: Any) -> None:
+    """Add the ``urls`` command."""
+    parser = sub.add_parser(
+        "urls",
+        help="fetch every URL of a list (signed storage URLs, say) into one output",
+        description="Fetch every URL of LIST into a zip, a folder or JSON Lines.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "list", metavar="LIST", help="file of URLs, one a line (URL or URL<TAB>NAME); - for stdin"
+    )
+    where = parser.add_argument_group("output")
+    where.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="out.zip, -, folder/ or out.jsonl"
+    )
+    where.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run whose journal is beside OUT (a fresh run if none); "
+        "LIST must hold the same entries",
+    )
+    where.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="only shard K of N (1-based; stable hash of NAME, else the URL), to split one "
+        "list across N processes or machines",
+    )
+    add_engine_options(parser)
+    parser.set_defaults(run=run)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+async def run(args: argparse.Namespace, ctx: Context) -> int:
+    """Fetch the list; exit 0 when every URL arrived, 1 when some failed."""
+    if args.output == "-" and sys.stdout.isatty():
+        raise ConfigError("refusing to write a zip to a terminal: redirect stdout, or use -o FILE")
+    sink = sink_for(args.output, compress_level=ctx.config.engine.compress_level)
+    # Checked whole before any output exists or anything is fetched.
+    urls = await anyio.to_thread.run_sync(read_url_list, args.list, abandon_on_cancel=True)
+    progress = make_progress(ctx, f"urls {urls.origin}")
+    try:
+        async with ctx.client() as client:
+            source = UrlSource(transport=client.transport, urls=urls)
+            with progress if progress is not None else contextlib.nullcontext():
+                report = await source.download(
+                    sink=sink,
+                    selection=Selection(shard=args.shard),
+                    resume=args.resume,
+                    progress=progress_or_null(progress),
+                )
+    except anyio.get_cancelled_exc_class():
+        hint_resume(sink, sys.argv)
+        raise
+    write_summary(args.summary, report.to_dict())
+    print_summary(report, noun="files")
+    return EXIT_OK if report.ok else EXIT_FAILED
