@@ -278,3 +278,20 @@ def test_read_versions_of_a_non_ledger_raises_resume_error(tmp_path: Path) -> No
             list(Ledger.read_versions(path))
         assert caught.value.item == str(path)
     assert not (tmp_path / "absent").exists()
+
+
+def test_read_only_views_work_under_a_folder_named_with_uri_characters(tmp_path: Path) -> None:
+    """reader() and read_versions() open the right file when its folder has '#', '?' or '%'."""
+    folder = tmp_path / "a#b?c%d"
+    folder.mkdir()
+    ledger = Ledger.create(folder / "j.journal", kind="zip", fingerprint={})
+    ledger.record([LedgerRow(key="k", version="v", name="n")])
+    ledger.commit()
+    reader = ledger.reader()
+    try:
+        assert reader.version_of("k") == "v"
+    finally:
+        reader.close()
+        ledger.close()
+    assert list(Ledger.read_versions(folder / "j.journal")) == [("k", "v")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a#b?c%d"]

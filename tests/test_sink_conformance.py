@@ -269,12 +269,11 @@ def params(
     only: Callable[[SinkCase], bool] | None = None,
     why: str = "",
     xfail: Mapping[str, str] | None = None,
-    raises: type[BaseException] = AssertionError,
 ) -> list[Any]:
     """Every case as a ``pytest.param``, skipped where ``only`` is false (saying ``why``).
 
-    A case ``xfail`` names (id -> reason: a known limit or bug) is expected to fail with
-    ``raises``, strictly: a fix makes it pass and the suite says so; any other error fails.
+    A case ``xfail`` names (id -> reason: a known limit or bug) is expected to fail an
+    assertion, strictly: a fix makes it pass and the suite says so; any other error fails.
     """
     cases = []
     for case in CASES:
@@ -282,7 +281,9 @@ def params(
         if only is not None and not only(case):
             marks.append(pytest.mark.skip(reason=f"{case.id}: {why}"))
         elif xfail and case.id in xfail:
-            marks.append(pytest.mark.xfail(strict=True, reason=xfail[case.id], raises=raises))
+            marks.append(
+                pytest.mark.xfail(strict=True, reason=xfail[case.id], raises=AssertionError)
+            )
         cases.append(pytest.param(case, id=case.id, marks=marks))
     return cases
 
@@ -290,11 +291,7 @@ def params(
 ALL = params()
 CANNOT_RESUME = "a streamed output cannot be resumed"
 RESUMABLE = params(only=lambda case: case.resumable, why=CANNOT_RESUME)
-RESULT_AFTER_RESUME = params(
-    only=lambda case: case.resumable,
-    why=CANNOT_RESUME,
-    xfail={"folder": "DirectorySink.result.bytes_written counts only the resumed run's bytes"},
-)
+RESULT_AFTER_RESUME = params(only=lambda case: case.resumable, why=CANNOT_RESUME)
 
 
 @pytest.fixture
@@ -776,16 +773,7 @@ async def test_unsafe_and_duplicate_names_through_pull(
     assert sorted(os.listdir(tmp_path)) == ["work"], "something was written outside the output"
 
 
-NAME_CLASH = params(
-    xfail={
-        "folder": "DirectorySink.write lets the OSError of a name it cannot create escape "
-        "(write_many turns it into a StorageError), so a spilled entry stops the whole pull"
-    },
-    raises=FileExistsError,
-)
-
-
-@pytest.mark.parametrize("case", NAME_CLASH)
+@pytest.mark.parametrize("case", ALL)
 async def test_a_name_the_output_cannot_hold_fails_that_item_alone(
     case: SinkCase, work: Path
 ) -> None:

@@ -14,7 +14,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from annopull._errors import UnsafeEntryError
+from annopull._errors import ResumeError, UnsafeEntryError
 from annopull._storage.local import TEMP_NAME, LocalFile, LocalTree
 from annopull._storage.target import BATCH_SIZE, BlobTarget
 
@@ -168,7 +168,8 @@ async def test_target_truncate_splits_a_chunk():
 
 async def test_target_close_on_cancel_keeps_what_arrived(tmp_path: Path):
     """A stop signal while downloading still writes and syncs the batched bytes for a resume."""
-    storage = LocalFile(tmp_path / "out.zip")
+    # A download without a journal: resume starts from whatever .part is there.
+    storage = LocalFile(tmp_path / "out.zip", resumable=False)
     with anyio.CancelScope() as scope:
         async with await BlobTarget.open(storage, resume=True) as target:
             await target.write(b"x" * 1000)
@@ -397,7 +398,8 @@ def test_atomic_file_modes(tmp_path: Path, umask: int, mode: int | None, expecte
 
 async def test_target_publish_stopped_before_it_began_keeps_the_partial(tmp_path: Path):
     """A stop signal pending at publish keeps the batched bytes in the .part, unpublished."""
-    storage = LocalFile(tmp_path / "out.zip")
+    # A download without a journal: resume starts from whatever .part is there.
+    storage = LocalFile(tmp_path / "out.zip", resumable=False)
     with anyio.CancelScope() as scope:
         async with await BlobTarget.open(storage, resume=True) as target:
             await target.write(b"y" * 500)
@@ -406,3 +408,11 @@ async def test_target_publish_stopped_before_it_began_keeps_the_partial(tmp_path
     assert scope.cancelled_caught
     assert storage.partial_path.read_bytes() == b"y" * 500
     assert not storage.path.exists()
+
+
+def test_resuming_a_journaled_file_whose_partial_is_gone_is_refused(tmp_path: Path) -> None:
+    """With a journal beside it, resuming a .part that is gone fails and creates nothing."""
+    storage = LocalFile(tmp_path / "out.zip")
+    with pytest.raises(ResumeError, match="missing"):
+        storage.open(resume=True)
+    assert list(tmp_path.iterdir()) == []

@@ -161,3 +161,9 @@ def test_candidates_skip_names_that_are_already_taken_literally() -> None:
         "a.json",
         "a (3).json",
     ]
+
+
+def test_a_lone_surrogate_is_refused_not_a_crash() -> None:
+    """A name with a lone surrogate has no UTF-8 form: a ZipFormatError, not UnicodeEncodeError."""
+    with pytest.raises(ZipFormatError, match="not valid Unicode"):
+        sanitize_entry_name("a\udc80.json")

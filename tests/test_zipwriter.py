@@ -301,9 +301,10 @@ async def test_resume_refuses_mismatched_part(tmp_path: Path) -> None:
     with pytest.raises(ResumeError, match="no header for 'only'"):
         await resume()
     part.unlink()
-    with pytest.raises(ResumeError) as caught:
+    with pytest.raises(ResumeError, match="missing") as caught:
         await resume()
-    assert caught.value.item == str(target)
+    assert caught.value.item == str(part)
+    assert not part.exists(), "a resume must not make an empty .part in place of a lost one"
 
 
 @pytest.mark.anyio

@@ -182,7 +182,7 @@ class Ledger:
 
     def reader(self) -> Ledger:
         """A second, read-only view of the committed rows, for lookups while writes go on."""
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(_read_only_uri(self.path), uri=True, check_same_thread=False)
         return Ledger(conn, self.path, temp_dir=None)
 
     @staticmethod
@@ -196,7 +196,7 @@ class Ledger:
             ResumeError: the file is not a readable ledger.
         """
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            conn = sqlite3.connect(_read_only_uri(path), uri=True)
             try:
                 yield from conn.execute("SELECT key, version FROM entries")
             finally:
@@ -267,6 +267,12 @@ class Ledger:
         """Close the ledger and remove its file and the ``-wal``/``-shm`` files beside it."""
         self.close()
         _remove_files(self.path)
+
+
+def _read_only_uri(path: Path) -> str:
+    """A read-only SQLite URI for ``path``; quoted, since ``#``, ``?`` or ``%`` in a folder
+    name would otherwise open another file (and drop ``mode=ro``)."""
+    return f"{path.resolve().as_uri()}?mode=ro"
 
 
 def _remove_files(path: Path) -> None:

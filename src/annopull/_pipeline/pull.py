@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +38,9 @@ from annopull._config import EngineConfig
 from annopull._errors import (
     AnnopullError,
     ConfigError,
+    InvalidResponseError,
     ResumeError,
+    StorageError,
     TransferError,
 )
 from annopull._pipeline.buffers import Spool
@@ -86,7 +88,8 @@ class Item:
         size: the byte count, when the listing tells it.
         mtime: the entry's time stamp in the output.
         fields: extra fields JSON Lines writes beside the content.
-        json: whether the content must be a JSON document.
+        json: whether the content must be a JSON document (an object or an array); one
+            that plainly is not (an HTML error page) is then that item's failure.
     """
 
     key: str
@@ -95,7 +98,7 @@ class Item:
     size: int | None = None
     mtime: datetime | None = None
     fields: Mapping[str, str] = field(default_factory=dict)
-    json: bool = True
+    json: bool = False
 
 
 ItemT = TypeVar("ItemT", bound=Item)
@@ -425,6 +428,10 @@ class _Run(Generic[ItemT]):
             raise ConfigError(f"cannot create {path.parent}: {exc.strerror}") from None
         if not path.parent.is_dir():
             raise ConfigError(f"the output's folder does not exist: {path.parent}")
+        if self.spool_dir is None:
+            # Beside the output, not in $TMPDIR (often RAM, often small): big items wait on
+            # the disk the output is going to anyway.
+            self.spool_dir = path.parent
         lock = OutputLock(path.with_suffix(".lock"), output=sink.description)
         try:
             lock.acquire()
@@ -520,6 +527,11 @@ class _Run(Generic[ItemT]):
                     self._skip()
                     return None
                 spool = staged
+        except StorageError:
+            # The local disk under the spool: every item would fail the same way.
+            with anyio.CancelScope(shield=True):
+                await spool.aclose()
+            raise
         except AnnopullError as exc:
             await spool.aclose()
             self._fail(item.key, exc)
@@ -537,23 +549,41 @@ class _Run(Generic[ItemT]):
             small = [(f, info) for f, info in named if f.result.in_memory]
             entries = [(info, f.result.getvalue()) for f, info in small]
             rows: list[LedgerRow] = []
-            for (fetched, info), outcome in zip(
-                small, await self.sink.write_many(entries), strict=True
-            ):
+            with self._output_errors():
+                written = await self.sink.write_many(entries)
+            for (fetched, info), outcome in zip(small, written, strict=True):
                 self._settle(fetched, info, outcome, rows)
             for fetched, info in named:
-                if fetched.result.in_memory:
-                    continue
-                streamed: bytes | AnnopullError
-                try:
-                    streamed = await self.sink.write(info, fetched.result.chunks())
-                except AnnopullError as exc:
-                    streamed = exc
-                self._settle(fetched, info, streamed, rows)
+                if not fetched.result.in_memory:
+                    self._settle(fetched, info, await self._stream(fetched, info), rows)
             await self._record(rows)
         finally:
             for fetched in batch:
                 await fetched.result.aclose()
+
+    async def _stream(
+        self, fetched: Fetched[ItemT, Spool], info: EntryInfo
+    ) -> bytes | AnnopullError:
+        """Write one spilled item; what the sink refuses for this entry alone is its failure."""
+        try:
+            with self._output_errors():
+                return await self.sink.write(info, fetched.result.chunks())
+        except StorageError:
+            raise
+        except AnnopullError as exc:
+            return exc
+
+    @contextlib.contextmanager
+    def _output_errors(self) -> Iterator[None]:
+        """The disk (or store) failing under the output stops the run, as a StorageError."""
+        try:
+            yield
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write the output: {exc.strerror or exc}", path=self.sink.unfinished
+            ) from exc
 
     def _name(
         self, batch: list[Fetched[ItemT, Spool]]
@@ -576,6 +606,7 @@ class _Run(Generic[ItemT]):
                 continue
             try:
                 clean = sanitize_entry_name(item.name)
+                _check_json(item, fetched.result)
             except AnnopullError as exc:
                 self._fail(item.key, exc)
                 continue
@@ -644,6 +675,26 @@ class _Run(Generic[ItemT]):
             elapsed=time.monotonic() - self.started,
             resumed=resumed,
         )
+
+
+def _check_json(item: Item, spool: Spool) -> None:
+    """Refuse an item that should be a JSON document and plainly is not.
+
+    Cheap on purpose (no parse on the hot path): the first and last bytes that are not white
+    space must be ``{}`` or ``[]``, so an HTML error page served with 200 fails here. Items
+    spilled to disk (bigger than ``spool_memory``) are not read back for this.
+
+    Raises:
+        InvalidResponseError: the bytes are not a JSON document.
+    """
+    if not item.json or not spool.in_memory:
+        return
+    body = spool.getvalue().strip()
+    if len(body) < 2 or (body[0], body[-1]) not in _JSON_ENDS:
+        raise InvalidResponseError("content is not a JSON document", item=item.key)
+
+
+_JSON_ENDS = frozenset({(ord("{"), ord("}")), (ord("["), ord("]"))})
 
 
 def _entry_info(item: Item, name: str, size: int) -> EntryInfo:

@@ -55,7 +55,7 @@ class EntryInfo:
     mtime: datetime | None = None
     size: int | None = None
     fields: Mapping[str, str] = field(default_factory=dict)
-    json: bool = True
+    json: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
-from collections.abc import AsyncIterable, Sequence
+import struct
+from collections.abc import AsyncIterable, Iterator, Sequence
 from pathlib import Path
+from typing import Final
 
 import anyio
 
-from annopull._errors import AnnopullError, StorageError
+from annopull._errors import AnnopullError, ZipFormatError
 from annopull._sinks.base import EntryInfo, Sink, SinkResult, run_shielded
 from annopull._storage.base import TreeStorage
 from annopull._storage.local import LocalTree
@@ -16,6 +19,8 @@ from annopull._storage.local import LocalTree
 __all__ = ["DirectorySink"]
 
 JOURNAL_NAME = ".annopull.journal"
+#: A file's receipt: its size (the folder itself says the rest).
+_SIZE: Final = struct.Struct("<Q")
 
 
 class DirectorySink(Sink):
@@ -39,7 +44,6 @@ class DirectorySink(Sink):
             if isinstance(path, TreeStorage)
             else LocalTree(Path(path), state_name=JOURNAL_NAME)
         )
-        self._bytes = 0
 
     def __repr__(self) -> str:
         return f"DirectorySink({self.description!r})"
@@ -66,7 +70,8 @@ class DirectorySink(Sink):
         await anyio.to_thread.run_sync(self._tree.prepare)
 
     async def write(self, info: EntryInfo, chunks: AsyncIterable[bytes]) -> bytes:
-        file = await anyio.to_thread.run_sync(self._tree.create, info.name)
+        with _name_errors(info.name):
+            file = await anyio.to_thread.run_sync(self._tree.create, info.name)
         size = 0
         try:
             async for chunk in chunks:
@@ -77,8 +82,7 @@ class DirectorySink(Sink):
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(file.discard)
             raise
-        self._bytes += size
-        return b""
+        return _SIZE.pack(size)
 
     async def write_many(
         self, entries: Sequence[tuple[EntryInfo, bytes]]
@@ -92,18 +96,12 @@ class DirectorySink(Sink):
         results: list[bytes | AnnopullError] = []
         for info, data in entries:
             try:
-                self._bytes += self._tree.put(info.name, (data,), mtime=info.mtime)
+                with _name_errors(info.name):
+                    size = self._tree.put(info.name, (data,), mtime=info.mtime)
             except AnnopullError as exc:
                 results.append(exc)
                 continue
-            except OSError as exc:
-                # A name this file system will not take (too long, say) is this entry's
-                # problem; a full disk is everyone's and stops the run.
-                if exc.errno in _RUN_ERRNOS:
-                    raise
-                results.append(StorageError(f"cannot write file: {exc.strerror}", item=info.name))
-                continue
-            results.append(b"")
+            results.append(_SIZE.pack(size))
         return results
 
     async def flush(self) -> None:
@@ -111,12 +109,29 @@ class DirectorySink(Sink):
 
     async def close(self) -> SinkResult:
         await self.flush()
-        return SinkResult(
-            output=self.description, entries=self.records.count(), bytes_written=self._bytes
-        )
+        # Every run's files, from their receipts: a resumed run did not write them all.
+        sizes = [_SIZE.unpack(r)[0] if r else 0 for r in self.records.receipts()]
+        return SinkResult(output=self.description, entries=len(sizes), bytes_written=sum(sizes))
 
     async def abort(self) -> None:
         await self.flush()
 
 
-_RUN_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+#: What a file system answers for a name it will not take: that entry's problem alone.
+_NAME_ERRNOS = frozenset(
+    {errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ, errno.EEXIST, errno.ENOTDIR, errno.EISDIR}
+)
+
+
+@contextlib.contextmanager
+def _name_errors(name: str) -> Iterator[None]:
+    """A name the file system refuses is that entry's failure; any other OSError (a full
+    disk, say) is everyone's and goes on up to stop the run."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _NAME_ERRNOS:
+            raise
+        raise ZipFormatError(
+            f"the file system refuses this name: {exc.strerror}", item=name[:120]
+        ) from None

@@ -437,7 +437,8 @@ class AnnoLabSource:
         if into_folder:
             return await self._download_into(job, path, report, sized=sized)
         await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
-        storage = LocalFile(path)
+        # No journal: a download resumes from the bytes its .part holds (HTTP Range).
+        storage = LocalFile(path, resumable=False)
         async with await BlobTarget.open(storage, resume=True) as target:
             size, resumed = await self._fetch(
                 job, target, storage.partial_path, report, sized=sized

@@ -405,6 +405,7 @@ def _item(ref: AnnotationRef) -> _KognicItem:
             "annotation_type": ref.annotation_type,
             "created": ref.created,
         },
+        json=True,
         ref=ref,
     )
 

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from annopull._errors import UnsafeEntryError
+from annopull._errors import ResumeError, UnsafeEntryError
 from annopull._storage.durability import fsync_path
 
 __all__ = ["TEMP_NAME", "LocalFile", "LocalTree"]
@@ -116,10 +116,18 @@ class LocalFile:
             return 0
 
     def open(self, *, resume: bool) -> _FileBlob:
-        if resume and self._part.is_file():
+        if not resume:
+            return _FileBlob(open(self._part, "w+b", buffering=_FILE_BUFFER), 0)
+        try:
             stream = open(self._part, "r+b", buffering=_FILE_BUFFER)  # noqa: SIM115 - kept open
-            return _FileBlob(stream, stream.seek(0, io.SEEK_END))
-        return _FileBlob(open(self._part, "w+b", buffering=_FILE_BUFFER), 0)
+        except FileNotFoundError:
+            if self._resumable:
+                # The journal says an unfinished file is here: making an empty one would hide
+                # that it is gone.
+                raise ResumeError("the unfinished file is missing", item=str(self._part)) from None
+            # A plain download resumes from whatever is there, which may be nothing yet.
+            stream = open(self._part, "w+b", buffering=_FILE_BUFFER)  # noqa: SIM115 - kept open
+        return _FileBlob(stream, stream.seek(0, io.SEEK_END))
 
     def publish(self, blob: object) -> None:
         assert isinstance(blob, _FileBlob)

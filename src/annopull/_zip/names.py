@@ -27,8 +27,8 @@ def sanitize_entry_name(name: str) -> str:
     are dropped, so the name can never point outside the extraction folder.
 
     Raises:
-        ZipFormatError: nothing is left of the name, it contains a NUL character, or it is
-            longer than a zip name field holds.
+        ZipFormatError: nothing is left of the name, it contains a NUL character or a lone
+            surrogate, or it is longer than a zip name field holds.
     """
     if "\x00" in name:
         raise ZipFormatError("entry name contains a NUL character", item=repr(name))
@@ -37,7 +37,12 @@ def sanitize_entry_name(name: str) -> str:
     if not segments:
         raise ZipFormatError("entry name is empty after sanitising", item=repr(name))
     clean = "/".join(segments)
-    if len(clean.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+    try:
+        encoded = clean.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (from a file system name, say) has no UTF-8 form to store.
+        raise ZipFormatError("entry name is not valid Unicode", item=repr(name[:80])) from None
+    if len(encoded) > MAX_NAME_BYTES:
         raise ZipFormatError("entry name is longer than 65535 bytes", item=repr(name[:80]))
     return clean
 

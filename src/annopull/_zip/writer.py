@@ -500,9 +500,13 @@ class ZipWriter:
         comment: str,
     ) -> _OpenEntry:
         dos_time, dos_date = dos_datetime(mtime or datetime.now(UTC))
+        try:
+            encoded_comment = comment.encode()
+        except UnicodeEncodeError:
+            raise ZipFormatError("entry comment is not valid Unicode", item=name) from None
         entry = _OpenEntry(
             requested=sanitize_entry_name(name),
-            comment=comment.encode(),
+            comment=encoded_comment,
             dos_time=dos_time,
             dos_date=dos_date,
             method=DEFLATED if compress or not self.seekable else STORED,
