@@ -515,3 +515,66 @@ def test_resume_refuses_a_part_shorter_than_its_journal(tmp_path: Path) -> None:
         assert len(lines) == 1, refused.stderr
         assert "journal expects at least" in lines[0]
         assert snapshot(output) == left
+
+
+@contextlib.contextmanager
+def tiny_disk(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where`` (skipped where mounting is not allowed)."""
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.parametrize("name", ["out.zip", "out.jsonl", "folder"])
+def test_disk_full_exits_2_with_the_path_and_resumes_after_space_is_freed(
+    tmp_path: Path, name: str
+) -> None:
+    """A full disk ends the run with exit 2, the path and a hint; freed, --resume completes."""
+    project = KognicProject(
+        project=PROJECT, annotation_types=(TYPE,), count=300, content_size=4000, page_size=50
+    )
+    with serve(tmp_path, project) as pull, tiny_disk(tmp_path / "disk", "256k") as disk:
+        output = disk / name
+        full = pull.run(output)
+        assert full.returncode == 2, full.stderr
+        lines = [line for line in full.stderr.splitlines() if line.startswith("annopull: error")]
+        assert len(lines) == 1, full.stderr
+        assert "No space left on device" in lines[0]
+        assert str(disk) in lines[0]
+        assert "free space, then run the same command again with --resume" in lines[0]
+        assert "Traceback" not in full.stderr
+        held = journaled(journal_of(output))
+        assert len(held) < 300
+        fetched = pull.requests()
+
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+        done = pull.run(output, "--resume")
+        assert done.returncode == 0, done.stderr
+        assert read_output(output) == pull.expected()
+        again = pull.requests() - fetched
+        assert not set(again) & set(held), "a journaled scene was fetched again"
+
+
+def test_disk_full_under_the_spool_is_not_retried_as_a_network_error(tmp_path: Path) -> None:
+    """Items spilling to a full disk end the run at once (exit 2), not after 8 downloads each."""
+    project = KognicProject(
+        project=PROJECT, annotation_types=(TYPE,), count=40, content_size=60_000, page_size=40
+    )
+    with serve(tmp_path, project) as pull, tiny_disk(tmp_path / "disk", "96k") as disk:
+        env = pull.env() | {"ANNOPULL_ENGINE_SPOOL_MEMORY": "4096"}
+        full = subprocess.run(
+            pull.argv(disk / "out.zip"), env=env, capture_output=True, text=True, timeout=60
+        )
+        assert full.returncode == 2, full.stderr
+        assert "No space left on device" in full.stderr
+        assert "Traceback" not in full.stderr
+        assert max(pull.requests().values()) == 1, "an item was downloaded again"

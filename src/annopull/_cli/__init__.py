@@ -18,7 +18,9 @@ from annopull._cli import annolab, fake, kognic, urls
 from annopull._cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_USAGE,
     Context,
+    disk_full,
     engine_overrides,
     exit_code_for,
     fail,
@@ -183,7 +185,7 @@ async def _with_signals(args: argparse.Namespace, ctx: Context) -> int:
                     except OSError as exc:
                         # Disk full, permission denied, a folder gone: the user's to fix.
                         fail(_describe_os_error(exc))
-                        code = EXIT_FAILED
+                        code = EXIT_USAGE if disk_full(exc) else EXIT_FAILED
                 tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
@@ -195,6 +197,8 @@ def _with_flag_hint(exc: AnnopullError) -> str:
     """The library's message, plus the flag that answers it (the library names no flags)."""
     if isinstance(exc, InterruptedRunError):
         return f"{exc} (add --resume to continue it)"
+    if disk_full(exc):
+        return f"{exc}; free space, then run the same command again with --resume"
     return str(exc)
 
 

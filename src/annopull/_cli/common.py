@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import shlex
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -112,10 +113,23 @@ def progress_or_null(progress: TerminalProgress | None) -> Progress:
 
 
 def exit_code_for(exc: AnnopullError) -> int:
-    """Usage-type errors (settings, credentials, unknown project, bad resume) are exit 2."""
+    """Usage-type errors (settings, credentials, unknown project, bad resume, a full disk:
+    nothing a plain retry fixes) are exit 2."""
     if isinstance(exc, ConfigError | AuthError | NotFoundError | ResumeError):
         return EXIT_USAGE
+    if disk_full(exc):
+        return EXIT_USAGE
     return EXIT_FAILED
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the disk or quota running out."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def fail(message: str) -> None:

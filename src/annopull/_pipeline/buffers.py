@@ -7,14 +7,17 @@ output file goes through storage instead (:class:`annopull._storage.target.BlobT
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiofiles
 import anyio
+
+from annopull._errors import StorageError
 
 __all__ = ["Spool"]
 
@@ -48,22 +51,39 @@ class Spool:
         return self._file is None
 
     async def write(self, chunk: bytes) -> None:
-        """Append ``chunk``, spilling to disk once the memory limit is passed."""
+        """Append ``chunk``, spilling to disk once the memory limit is passed.
+
+        Raises:
+            StorageError: the disk under the spool failed (a local problem, which retrying
+                the download would only repeat).
+        """
         if self._file is None and len(self._memory) + len(chunk) <= self._limit:
             self._memory += chunk
         else:
-            if self._file is None:
-                await self._spill()
-            await self._file.write(chunk)
+            with self._disk_errors():
+                if self._file is None:
+                    await self._spill()
+                await self._file.write(chunk)
         self._size += len(chunk)
+
+    @contextlib.contextmanager
+    def _disk_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            where = self._directory or Path(tempfile.gettempdir())
+            raise StorageError(
+                f"cannot spool an item to disk: {exc.strerror or exc}", path=where
+            ) from exc
 
     async def truncate(self, size: int) -> None:
         """Keep only the first ``size`` bytes."""
         if self._file is None:
             del self._memory[size:]
         else:
-            await self._file.truncate(size)
-            await self._file.seek(size)
+            with self._disk_errors():
+                await self._file.truncate(size)
+                await self._file.seek(size)
         self._size = size
 
     def getvalue(self) -> bytes:

@@ -31,6 +31,7 @@ writes go on use a second, read-only connection (:meth:`Ledger.reader`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import shutil
 import sqlite3
 import tempfile
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from annopull._errors import ResumeError
+from annopull._errors import ResumeError, StorageError
 
 __all__ = ["Ledger", "LedgerRow"]
 
@@ -205,18 +206,42 @@ class Ledger:
             raise ResumeError(f"not a readable annopull journal: {exc}", item=str(path)) from None
 
     def record(self, rows: Iterable[LedgerRow]) -> None:
-        """Add ``rows`` in write order; they stay pending until the next :meth:`commit`."""
-        if not self._conn.in_transaction:
-            self._conn.execute("BEGIN")
-        self._conn.executemany(
-            "INSERT INTO entries (key, version, name, receipt) VALUES (?, ?, ?, ?)",
-            ((r.key, r.version, r.name, r.receipt) for r in rows),
-        )
+        """Add ``rows`` in write order; they stay pending until the next :meth:`commit`.
+
+        Raises:
+            StorageError: the disk under the ledger failed (full, say).
+        """
+        with self._storage_errors():
+            if not self._conn.in_transaction:
+                self._conn.execute("BEGIN")
+            self._conn.executemany(
+                "INSERT INTO entries (key, version, name, receipt) VALUES (?, ?, ?, ?)",
+                ((r.key, r.version, r.name, r.receipt) for r in rows),
+            )
 
     def commit(self) -> None:
-        """Make every pending row durable. Make the output's data durable first."""
-        if self._conn.in_transaction:
-            self._conn.execute("COMMIT")
+        """Make every pending row durable. Make the output's data durable first.
+
+        Raises:
+            StorageError: the disk under the ledger failed (full, say).
+        """
+        with self._storage_errors():
+            if self._conn.in_transaction:
+                self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        """SQLite's failures of the disk as annopull's; a full disk keeps its errno."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+                cause = OSError(
+                    errno.ENOSPC if code == sqlite3.SQLITE_FULL else errno.EIO, str(exc)
+                )
+                raise StorageError(f"cannot write the journal: {exc}", path=self.path) from cause
+            raise
 
     def has_name(self, name: str) -> bool:
         """Whether an entry called ``name`` is recorded, pending rows included."""

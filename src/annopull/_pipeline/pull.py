@@ -50,6 +50,7 @@ from annopull._pipeline.scheduler import Fetched, fan_out
 from annopull._progress import NullProgress, Progress
 from annopull._sinks.base import EntryInfo, Sink
 from annopull._storage.lock import OutputLock
+from annopull._transport.flow import TransferStats
 from annopull._transport.http import ByteTarget
 from annopull._zip.names import name_candidates, sanitize_entry_name
 
@@ -154,7 +155,11 @@ class Failure:
 
 @dataclass(frozen=True, kw_only=True)
 class PullReport:
-    """What a pull did, the same for every source and destination."""
+    """What a pull did, the same for every source and destination.
+
+    ``transfer`` is the transport's flow control per host (limits, retries, pauses, a host
+    given up), filled by whoever owns the transport: ``Transport.stats()``.
+    """
 
     output: str
     listed: int
@@ -164,6 +169,7 @@ class PullReport:
     bytes: int
     elapsed: float
     resumed: bool
+    transfer: TransferStats = field(default_factory=TransferStats)
 
     @property
     def ok(self) -> bool:
@@ -182,6 +188,8 @@ class PullReport:
             "bytes": self.bytes,
             "elapsed_s": round(self.elapsed, 3),
             "resumed": self.resumed,
+            # retries, pauses, hosts (limit, retries, pauses per host), budget_exhausted
+            **self.transfer.to_dict(),
         }
 
 
@@ -470,17 +478,20 @@ class _Run(Generic[ItemT]):
         ledger = self.ledger
         assert ledger is not None
         try:
-            async with self.sink:
-                await fan_out(
-                    items,
-                    self._fetch,
-                    self._write_batch,
-                    concurrency=concurrency,
-                    discard=_release,
-                )
-                # Everything written is made durable before the output is finished, so a
-                # crash while finishing still leaves a resumable run.
-                await self._checkpoint()
+            # Opening, checkpoints, finishing and aborting all write the output: the disk
+            # failing under any of them stops the run as a StorageError naming it.
+            with self._output_errors():
+                async with self.sink:
+                    await fan_out(
+                        items,
+                        self._fetch,
+                        self._write_batch,
+                        concurrency=concurrency,
+                        discard=_release,
+                    )
+                    # Everything written is made durable before the output is finished, so
+                    # a crash while finishing still leaves a resumable run.
+                    await self._checkpoint()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 # The sink's abort made its data durable; now the rows that describe it.
@@ -581,6 +592,7 @@ class _Run(Generic[ItemT]):
         except StorageError:
             raise
         except OSError as exc:
+            # Not the network's: the transport turns its own OSErrors into TransferErrors.
             raise StorageError(
                 f"cannot write the output: {exc.strerror or exc}", path=self.sink.unfinished
             ) from exc
@@ -710,8 +722,12 @@ def _entry_info(item: Item, name: str, size: int) -> EntryInfo:
 
 
 def _commit_and_close(ledger: Ledger) -> None:
+    """Keep what the stopped run journaled; the error that stopped it matters more than
+    one more failure to commit (a full disk fails both; a resume then fetches those again)."""
     try:
         ledger.commit()
+    except StorageError:
+        pass
     finally:
         ledger.close()
 
