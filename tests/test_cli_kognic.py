@@ -420,7 +420,9 @@ def test_unwritable_output_is_one_line_exit_1(
     (tmp_path / "out.zip.part").mkdir()
     assert _pull() == 1
     err = capsys.readouterr().err
-    assert err.splitlines() == ["annopull: error: Is a directory: out.zip.part"]
+    assert err.splitlines() == [
+        "annopull: error: cannot write the output: Is a directory (path out.zip.part)"
+    ]
     assert "Traceback" not in err
 
 
