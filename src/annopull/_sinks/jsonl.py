@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -68,11 +68,27 @@ class JsonlSink(ObjectSink):
         return self._blob
 
     async def write(self, info: EntryInfo, chunks: AsyncIterable[bytes]) -> bytes:
-        content = b"".join([chunk async for chunk in chunks])
-        [receipt] = await self.write_many([(info, content)])
-        if isinstance(receipt, AnnopullError):
-            raise receipt
-        return receipt
+        """Stream one entry into its line, never holding it whole (it may be gigabytes).
+
+        JSON content is copied through with its line breaks turned into spaces (JSON allows
+        no raw line break inside a string, so the document means the same) and checked
+        cheaply: it must start with ``{`` or ``[`` and end with the matching bracket. Other
+        content is stored as ``content_base64``, encoded as it streams. A failure cuts the
+        line away again.
+        """
+        blob = self._current
+        start = blob.position
+        encoder = _StreamedJson(info) if info.json else _StreamedBase64(info)
+        try:
+            await anyio.to_thread.run_sync(blob.write, encoder.head())
+            async for chunk in chunks:
+                await anyio.to_thread.run_sync(blob.write, encoder.body(chunk))
+            await anyio.to_thread.run_sync(blob.write, encoder.tail())
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(blob.truncate, start)
+            raise
+        return _RECEIPT.pack(start, blob.position)
 
     async def write_many(
         self, entries: Sequence[tuple[EntryInfo, bytes]]
@@ -133,3 +149,57 @@ def _line(info: EntryInfo, content: bytes) -> bytes:
     # which would break the one-record-per-line promise.
     embedded = parsed if b"\n" in content or b"\r" in content else orjson.Fragment(content)
     return orjson.dumps({**info.fields, "content": embedded}) + b"\n"
+
+
+class _StreamedJson:
+    """A JSON document copied into a line piece by piece, checked at both ends."""
+
+    def __init__(self, info: EntryInfo) -> None:
+        self._info = info
+        self._first = 0
+        self._last = 0
+
+    def head(self) -> bytes:
+        return _prefix(self._info.fields, "content")
+
+    def body(self, chunk: bytes) -> bytes:
+        stripped = chunk.strip()
+        if stripped:
+            self._first = self._first or stripped[0]
+            self._last = stripped[-1]
+        return chunk.translate(_NO_LINE_BREAKS)
+
+    def tail(self) -> bytes:
+        if (self._first, self._last) not in _JSON_ENDS:
+            raise TransferError("content is not a JSON document", item=self._info.key)
+        return b"}\n"
+
+
+class _StreamedBase64:
+    """Bytes base64-encoded into a line as they stream (in whole 3-byte groups)."""
+
+    def __init__(self, info: EntryInfo) -> None:
+        self._info = info
+        self._held = b""
+
+    def head(self) -> bytes:
+        return _prefix(self._info.fields, "content_base64") + b'"'
+
+    def body(self, chunk: bytes) -> bytes:
+        data = self._held + chunk
+        cut = len(data) - len(data) % 3
+        self._held = data[cut:]
+        return base64.b64encode(data[:cut])
+
+    def tail(self) -> bytes:
+        return base64.b64encode(self._held) + b'"}\n'
+
+
+def _prefix(fields: Mapping[str, str], key: str) -> bytes:
+    """``{"field":…,"<key>":`` — the start of a line whose last value streams in."""
+    opened = orjson.dumps(dict(fields))[:-1]
+    return opened + (b"," if fields else b"") + orjson.dumps(key) + b":"
+
+
+_NO_LINE_BREAKS = bytes.maketrans(b"\r\n", b"  ")
+_JSON_ENDS = frozenset({(ord("{"), ord("}")), (ord("["), ord("]"))})
