@@ -12,6 +12,7 @@ import pytest
 from annopull._errors import UnsafeEntryError, ZipFormatError
 from annopull._storage.local import LocalFile
 from annopull._zip.reader import (
+    ExtractLimits,
     extract_zip,
     iter_jsonl_member,
     read_entry_comments,
@@ -210,3 +211,31 @@ def test_entry_comments_of_a_non_zip_is_a_clear_error(tmp_path: Path) -> None:
     bogus.write_bytes(b"not a zip at all" * 100)
     with pytest.raises(ZipFormatError, match="no end of central directory"):
         list(read_entry_comments(bogus))
+
+
+def _bomb(path: Path, *, zeros: int = 0, data: bytes = b"") -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("fine.json", b'{"ok": true}')
+        archive.writestr("zeros.bin", bytes(zeros) + data)
+    return path
+
+
+@pytest.mark.anyio
+async def test_extraction_refuses_an_entry_that_expands_past_the_ratio(tmp_path: Path) -> None:
+    """An entry expanding more than max_ratio-fold is refused before anything is written."""
+    bomb = _bomb(tmp_path / "bomb.zip", zeros=8 << 20)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(UnsafeEntryError, match=r"expands \d+-fold"):
+        await extract_zip(bomb, tmp_path / "out", limits=ExtractLimits(max_ratio=100))
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.anyio
+async def test_extraction_refuses_an_archive_past_the_size_cap(tmp_path: Path) -> None:
+    """All entries together past max_bytes are refused; under the caps the same zip extracts."""
+    bomb = _bomb(tmp_path / "bomb.zip", data=os.urandom(2 << 20))
+    with pytest.raises(UnsafeEntryError, match="more than the cap of 1000000"):
+        await extract_zip(bomb, tmp_path / "out", limits=ExtractLimits(max_bytes=1_000_000))
+    report = await extract_zip(bomb, tmp_path / "ok")
+    assert report.bytes_written == (2 << 20) + len(b'{"ok": true}')
+    assert (tmp_path / "ok" / "zeros.bin").stat().st_size == 2 << 20

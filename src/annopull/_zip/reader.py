@@ -38,6 +38,7 @@ from annopull._zip.records import (
 )
 
 __all__ = [
+    "ExtractLimits",
     "ExtractReport",
     "ZipCheck",
     "extract_zip",
@@ -181,23 +182,44 @@ def _file_mode(info: zipfile.ZipInfo) -> int:
     return mode & ~_UMASK
 
 
-async def extract_zip(path: Path, dest: Path) -> ExtractReport:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExtractLimits:
+    """How much an archive may expand to, so a zip bomb is refused before it fills a disk.
+
+    Args:
+        max_bytes: the most bytes all entries together may hold, uncompressed (0: no cap).
+        max_ratio: the most an entry may expand (uncompressed / compressed size). Real
+            annotation exports compress JSON ten- to fifty-fold; bombs a thousand-fold.
+    """
+
+    max_bytes: int = 0
+    max_ratio: float = 1000.0
+
+
+async def extract_zip(
+    path: Path, dest: Path, *, limits: ExtractLimits | None = None
+) -> ExtractReport:
     """Extract ``path`` into ``dest`` entry by entry, streamed, each file via temp + rename.
 
-    Every entry name is checked before anything is written, so an archive with one unsafe
-    entry (absolute path, drive letter, ``..``, backslash, symlink) writes nothing at all.
+    Every entry name and size is checked before anything is written, so an archive with one
+    unsafe entry (absolute path, drive letter, ``..``, backslash, symlink) or one that would
+    expand past ``limits`` writes nothing at all. The sizes checked are the ones the archive
+    declares; zipfile refuses data that runs past them, so they cannot lie.
 
     Args:
         path: the zip to extract.
         dest: the destination folder; created if missing. Existing files are replaced.
+        limits: size and expansion caps (the defaults of :class:`ExtractLimits` if omitted).
 
     Raises:
-        UnsafeEntryError: an entry could land outside ``dest``.
+        UnsafeEntryError: an entry could land outside ``dest``, or the archive would expand
+            past ``limits``.
         ZipFormatError: the archive or an entry is corrupt.
     """
     archive = await anyio.to_thread.run_sync(_open_zip, path)
     try:
         await anyio.to_thread.run_sync(_check_all_safe, archive)
+        await anyio.to_thread.run_sync(_check_sizes, archive, limits or ExtractLimits())
         tree = LocalTree(dest)
         await anyio.to_thread.run_sync(tree.prepare)
         files: list[Path] = []
@@ -211,6 +233,30 @@ async def extract_zip(path: Path, dest: Path) -> ExtractReport:
         return ExtractReport(files=tuple(files), bytes_written=written)
     finally:
         archive.close()
+
+
+def _check_sizes(archive: zipfile.ZipFile, limits: ExtractLimits) -> None:
+    total = 0
+    for info in archive.infolist():
+        total += info.file_size
+        # Tiny entries may expand a lot in ratio and still be harmless: judge by size too.
+        if info.file_size > _RATIO_FLOOR and info.file_size > limits.max_ratio * max(
+            info.compress_size, 1
+        ):
+            raise UnsafeEntryError(
+                f"refusing an entry that expands {info.file_size / max(info.compress_size, 1):.0f}"
+                f"-fold (more than {limits.max_ratio:g}): a zip bomb?",
+                item=repr(info.filename),
+            )
+    if limits.max_bytes and total > limits.max_bytes:
+        raise UnsafeEntryError(
+            f"refusing to extract {total} bytes, more than the cap of {limits.max_bytes}",
+            item=str(archive.filename),
+        )
+
+
+#: Entries up to this size are never refused for their ratio.
+_RATIO_FLOOR: Final = 1 << 20
 
 
 class _JsonlReader:
