@@ -60,7 +60,7 @@ def test_readme_examples_parse() -> None:
     """Every `annopull ...` line in the README parses with the real argument parser."""
     parser = build_parser()
     readme = (ROOT / "README.md").read_text().replace("\\\n", " ")
-    pattern = r"^(annopull (?:--|kognic|annolab|fake)[^#\n]*)"
+    pattern = r"^(annopull (?:--|kognic|annolab|urls|fake)[^#\n]*)"
     lines = [m.group(1) for m in re.finditer(pattern, readme, re.M)]
     assert len(lines) >= 8
     for line in lines:

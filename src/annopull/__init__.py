@@ -65,6 +65,7 @@ from annopull._sources.annolab import (
     ProjectExport,
 )
 from annopull._sources.kognic import Annotation, AnnotationRef, KognicSource
+from annopull._sources.urls import UrlList, UrlSource, read_url_list
 from annopull._version import __version__ as __version__
 
 #: The report of a Kognic download: the pipeline's one report type.
@@ -121,9 +122,12 @@ __all__ = [
     "TransferError",
     "TruncatedBodyError",
     "UnsafeEntryError",
+    "UrlList",
+    "UrlSource",
     "ZipFormatError",
     "ZipSink",
     "load_config",
     "pull",
+    "read_url_list",
     "sink_for",
 ]

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from annopull._config import EngineConfig
 from annopull._errors import (
@@ -506,9 +507,17 @@ class _Run(Generic[ItemT]):
         if first is not None:
             if self._select(first):
                 yield first
+            skipped_in_a_row = 0
             async for item in rest:
                 if self._select(item):
+                    skipped_in_a_row = 0
                     yield item
+                else:
+                    skipped_in_a_row += 1
+                    if skipped_in_a_row % 1024 == 0:
+                        # A resume skipping most of a listing that needs no await (a list
+                        # in memory) must still let signals and progress through.
+                        await anyio.lowlevel.checkpoint()
         self.progress.listing_done()
 
     def _select(self, item: ItemT) -> bool:

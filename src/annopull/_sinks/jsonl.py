@@ -143,12 +143,21 @@ def _line(info: EntryInfo, content: bytes) -> bytes:
     except orjson.JSONDecodeError as exc:
         if info.json:
             raise TransferError(f"content is not valid JSON: {exc}", item=info.key) from None
-        encoded = base64.b64encode(content).decode()
-        return orjson.dumps({**info.fields, "content_base64": encoded}) + b"\n"
-    # Raw bytes are spliced in as they came unless they span lines (pretty-printed JSON),
+        return _base64_line(info, content)
+    spans_lines = b"\n" in content or b"\r" in content
+    if not info.json and spans_lines:
+        # Bytes that are only incidentally JSON (a text file "123\n") must come back as they
+        # were served: re-encoding the parsed value would lose them.
+        return _base64_line(info, content)
+    # A JSON document is spliced in as it came unless it spans lines (pretty-printed),
     # which would break the one-record-per-line promise.
-    embedded = parsed if b"\n" in content or b"\r" in content else orjson.Fragment(content)
+    embedded = parsed if spans_lines else orjson.Fragment(content)
     return orjson.dumps({**info.fields, "content": embedded}) + b"\n"
+
+
+def _base64_line(info: EntryInfo, content: bytes) -> bytes:
+    encoded = base64.b64encode(content).decode()
+    return orjson.dumps({**info.fields, "content_base64": encoded}) + b"\n"
 
 
 class _StreamedJson:
