@@ -13,7 +13,9 @@ from aiohttp import web
 
 from annopull._config import AnnoLabConfig, EngineConfig, RetryPolicy, Secret
 from annopull._errors import (
+    ApiError,
     AuthError,
+    ConfigError,
     ExportFailedError,
     NotFoundError,
     TransferError,
@@ -518,3 +520,41 @@ async def test_modes_follow_the_umask(transport: Transport, fake: FakeAnnoLab, t
     assert stat.S_IMODE((tmp_path / "m.zip").stat().st_mode) == 0o666 & ~umask
     assert stat.S_IMODE((tmp_path / "m" / "bin" / "tool.sh").stat().st_mode) == 0o755 & ~umask
     assert stat.S_IMODE((tmp_path / "m" / "instruments.json").stat().st_mode) == 0o600 & ~umask
+
+
+async def test_an_existing_file_that_is_not_a_zip_is_not_replaced(
+    source: AnnoLabSource, fake: FakeAnnoLab, tmp_path: Path
+):
+    """-o notes.txt over someone's notes is refused and the notes stay; an old zip is replaced."""
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"my notes\n")
+    with pytest.raises(ConfigError, match="is not a zip"):
+        await source.export_instruments(owner="Group", project="Alpha", output=notes)
+    assert notes.read_bytes() == b"my notes\n"
+    old = tmp_path / "old.zip"
+    old.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip: an earlier export
+    await source.export_instruments(owner="Group", project="Alpha", output=old)
+    with zipfile.ZipFile(old) as archive:
+        assert archive.testzip() is None
+
+
+async def test_status_url_with_a_bad_port_is_one_clear_error(transport: Transport, tmp_path: Path):
+    """An exportStatusUrl with port 99999 is an ApiError naming the problem, not a crash."""
+
+    async def start(request: web.Request) -> web.Response:
+        return web.json_response({"exportStatusUrl": "http://127.0.0.1:99999/status/1"})
+
+    runner, base = await start_app([web.post("/{tail:.*}", start)], host="127.0.0.1")
+    try:
+        source = AnnoLabSource(
+            transport=transport,
+            config=AnnoLabConfig(api_url=base),
+            auth=ApiKeyAuth(Secret("k")),
+        )
+        with pytest.raises(ApiError, match="status URL that is not usable"):
+            await source.export_instruments(
+                owner="Group", project="Alpha", output=tmp_path / "e.zip"
+            )
+    finally:
+        await runner.cleanup()
+    assert not (tmp_path / "e.zip").exists()

@@ -35,6 +35,7 @@ from annopull._errors import (
     AnnopullError,
     ApiError,
     AuthError,
+    ConfigError,
     ExportFailedError,
     NotFoundError,
     TransferError,
@@ -434,6 +435,8 @@ class AnnoLabSource:
         sized = progress is not None
         into_folder = await _is_folder(output) if extract is None else extract
         path = Path(output)
+        if not into_folder:
+            await anyio.to_thread.run_sync(_refuse_to_replace_other_files, path)
         if into_folder:
             return await self._download_into(job, path, report, sized=sized)
         await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
@@ -712,7 +715,13 @@ class AnnoLabSource:
     def _own_url(self, url: str, *, item: str) -> str:
         """Resolve a status URL and make sure it is on the API host (it gets the Api-Key)."""
         absolute = urljoin(self._api + "/", url)
-        if _origin(absolute) != _origin(self._api):
+        try:
+            elsewhere = _origin(absolute) != _origin(self._api)
+        except ValueError as exc:  # a port out of range, a broken IPv6 host
+            raise ApiError(
+                f"AnnoLab gave a status URL that is not usable: {exc}", url=None, item=item
+            ) from None
+        if elsewhere:
             raise ApiError(
                 "AnnoLab gave a status URL on another host; not sending the API key there",
                 url=absolute,
@@ -832,6 +841,18 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
     return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def _refuse_to_replace_other_files(path: Path) -> None:
+    """An existing file is replaced only when it is a zip (an earlier export): a typo'd
+    ``-o notes.txt`` must not destroy someone's notes."""
+    try:
+        with path.open("rb") as existing:
+            head = existing.read(4)
+    except (FileNotFoundError, IsADirectoryError):
+        return
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise ConfigError(f"{path} exists and is not a zip; not replacing it with the export")
 
 
 async def _is_folder(output: str | os.PathLike[str]) -> bool:
