@@ -185,7 +185,7 @@ async def test_target_resume_and_publish(tmp_path: Path):
     storage = LocalFile(tmp_path / "out.zip")
     storage.partial_path.write_bytes(b"first half, ")
     async with await BlobTarget.open(storage, resume=True) as target:
-        assert target.size == storage.partial_size() == 12
+        assert target.size == storage.partial_path.stat().st_size == 12
         await target.write(b"second half")
         await target.publish(storage)
     assert storage.path.read_bytes() == b"first half, second half"
@@ -215,13 +215,13 @@ async def test_target_failed_publish_raises_its_own_error(tmp_path: Path):
 
 
 def test_local_file_resumes_at_the_end_of_the_partial(tmp_path: Path):
-    """open(resume=True) continues after an earlier run's bytes; partial_size counts them."""
+    """open(resume=True) continues after an earlier run's bytes."""
     storage = LocalFile(tmp_path / "a.zip")
     assert not storage.has_partial()
-    assert storage.partial_size() == 0
+    assert not storage.has_partial()
     storage.partial_path.write_bytes(b"12345")
     assert storage.has_partial()
-    assert storage.partial_size() == 5
+    assert storage.partial_path.stat().st_size == 5
     blob = storage.open(resume=True)
     assert blob.position == 5
     blob.write(b"678")
@@ -250,7 +250,7 @@ def test_local_file_publish_renames_and_the_partial_is_gone(tmp_path: Path):
     storage.publish(blob)
     assert storage.path.read_bytes() == b"new output"
     assert not storage.partial_path.exists()
-    assert storage.partial_size() == 0
+    assert not storage.has_partial()
 
 
 def test_local_file_custom_partial_and_discard(tmp_path: Path):

@@ -78,9 +78,6 @@ class ObjectStorage(Protocol):
     def has_partial(self) -> bool:
         """Whether an unfinished object from an earlier run is there."""
 
-    def partial_size(self) -> int:
-        """Bytes of the unfinished object (0 when there is none)."""
-
     def open(self, *, resume: bool) -> Blob:
         """Start the object afresh, or (``resume``) continue the unfinished one at its end."""
 

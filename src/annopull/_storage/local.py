@@ -72,10 +72,6 @@ class _FileBlob:
         if not self._stream.closed:
             self._stream.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._stream.closed
-
 
 class LocalFile:
     """A local file output: written as ``<path>.part`` beside ``<path>.journal``, then renamed.
@@ -108,12 +104,6 @@ class LocalFile:
 
     def has_partial(self) -> bool:
         return self._part.is_file()
-
-    def partial_size(self) -> int:
-        try:
-            return self._part.stat().st_size
-        except FileNotFoundError:
-            return 0
 
     def open(self, *, resume: bool) -> _FileBlob:
         if not resume:

@@ -77,9 +77,6 @@ class StreamStorage:
     def has_partial(self) -> bool:
         return False
 
-    def partial_size(self) -> int:
-        return 0
-
     def open(self, *, resume: bool) -> _StreamBlob:
         if resume:
             raise ResumeError("an output streamed to a pipe cannot be resumed")
