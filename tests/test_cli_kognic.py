@@ -463,3 +463,16 @@ def test_zip_to_a_terminal_is_refused(fake: FakeKognic, tmp_path: Path) -> None:
         "annopull: error: refusing to write a zip to a terminal: redirect stdout, or use -o FILE"
     ]
     assert sum(fake.stats.content_requests.values()) == 0
+
+
+@pytest.mark.parametrize("value", ["0", "1025", "100000", "many"])
+def test_concurrency_out_of_range_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--concurrency outside 1..1024 exits 2 with one line saying the range, fetching nothing."""
+    with pytest.raises(SystemExit) as exited:
+        _pull("--concurrency", value)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--concurrency" in err
+    assert "1024" in err or "at least 1" in err or "whole number" in err

@@ -73,9 +73,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
     group.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=_concurrency,
         metavar="N",
-        help="downloads in flight at once (default from config: 32)",
+        help=f"downloads in flight at once, 1 to {MAX_CONCURRENCY} (default from config: 32)",
     )
     group.add_argument(
         "--summary",
@@ -91,6 +91,17 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 def engine_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The ``[engine]`` settings given as flags."""
     return {"engine": {"concurrency": getattr(args, "concurrency", None)}}
+
+
+#: More would only queue in the kernel and the server; memory grows with it.
+MAX_CONCURRENCY = 1024
+
+
+def _concurrency(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"at most {MAX_CONCURRENCY}, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
