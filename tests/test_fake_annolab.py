@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from annopull.testing import AnnoLabProject, FakeAnnoLab, Fault
+from annopull.testing import AnnoLabProject, Chaos, ChaosEvent, FakeAnnoLab, Fault
 
 pytestmark = pytest.mark.anyio
 
@@ -422,3 +422,100 @@ def test_loopback_only() -> None:
     """The fake refuses to listen on a non-loopback address."""
     with pytest.raises(ValueError, match="loopback"):
         FakeAnnoLab(host="192.168.1.1")
+
+
+# -- echoed errors and chaos ----------------------------------------------------------------
+
+
+async def test_export_fault_echoes_key(
+    session: aiohttp.ClientSession, annolab: FakeAnnoLab
+) -> None:
+    """An echoing export fault quotes the Api-Key header and the JSON body in its message."""
+    annolab.faults.add(Fault(target="export", status=403, echo=True))
+    async with session.post(annolab.api_url + INSTRUMENTS, json=DEMO, headers=key(annolab)) as r:
+        assert r.status == 403
+        message = (await r.json())["message"]
+    assert f"Authorization: Api-Key {annolab.api_key}" in message
+    assert '"projectName": "demo-project"' in message
+
+
+async def test_download_fault_echoes_signed_query(
+    session: aiohttp.ClientSession, annolab: FakeAnnoLab
+) -> None:
+    """An echoing download fault answers storage XML quoting the signature."""
+    job = await start_export(session, annolab, INSTRUMENTS, DEMO)
+    final = (await poll(session, annolab, job["exportStatusUrl"]))[-1]
+    annolab.faults.add(Fault(target="download", status=403, echo=True))
+    async with session.get(final["downloadUrl"]) as response:
+        assert response.status == 403
+        text = await response.text()
+    signature = final["downloadUrl"].rpartition("signature=")[2]
+    assert f"<SignatureProvided>{signature}</SignatureProvided>" in text
+
+
+@pytest.mark.parametrize(
+    ("chaos", "expected"),
+    [
+        pytest.param(Chaos(export_error_rate=1.0), "errored", id="errored"),
+        pytest.param(Chaos(export_stuck_rate=1.0), "stuck", id="stuck"),
+    ],
+)
+async def test_chaos_export_outcomes(
+    session: aiohttp.ClientSession, chaos: Chaos, expected: str
+) -> None:
+    """Chaos makes export jobs end errored, or never finish however often they are polled."""
+    async with FakeAnnoLab(chaos=chaos) as annolab:
+        job = await start_export(session, annolab, INSTRUMENTS, DEMO)
+        if expected == "errored":
+            seen = await poll(session, annolab, job["exportStatusUrl"])
+            assert seen[-1]["status"] == "errored"
+            assert "chaos" in seen[-1]["error"]
+        else:
+            with pytest.raises(AssertionError, match="never finished"):
+                await poll(session, annolab, job["exportStatusUrl"])
+        assert annolab.stats.chaos == [ChaosEvent("export", str(job["exportJob"]["id"]), expected)]
+
+
+def test_chaos_export_outcomes_are_seeded() -> None:
+    """Which jobs error or stick is a function of the seed and the job id, at the given rates."""
+    chaos = Chaos(seed=9, export_error_rate=0.2, export_stuck_rate=0.1)
+    outcomes = [chaos.export_outcome(job) for job in range(1, 3001)]
+    assert outcomes == [
+        Chaos(seed=9, export_error_rate=0.2, export_stuck_rate=0.1).export_outcome(job)
+        for job in range(1, 3001)
+    ]
+    assert outcomes != [
+        Chaos(seed=10, export_error_rate=0.2, export_stuck_rate=0.1).export_outcome(job)
+        for job in range(1, 3001)
+    ]
+    assert 500 < outcomes.count("errored") < 700
+    assert 220 < outcomes.count("stuck") < 380
+
+
+async def test_chaos_5xx_on_status(session: aiohttp.ClientSession) -> None:
+    """Per-request chaos reaches AnnoLab's status polls."""
+    chaos = Chaos(seed=2, error_rate=1.0, targets=frozenset({"status"}))
+    async with FakeAnnoLab(chaos=chaos) as annolab:
+        job = await start_export(session, annolab, INSTRUMENTS, DEMO)
+        async with session.get(job["exportStatusUrl"], headers=key(annolab)) as response:
+            status = response.status
+        events = list(annolab.stats.chaos)
+    assert status == chaos.decide("status", str(job["exportJob"]["id"]), 0).status
+    assert events == [ChaosEvent("status", str(job["exportJob"]["id"]), f"status {status}")]
+
+
+async def test_chaos_cut_download(session: aiohttp.ClientSession) -> None:
+    """A chaos-cut download sends the decided fraction of the zip, then drops the connection."""
+    chaos = Chaos(seed=3, cut_rate=1.0, targets=frozenset({"download"}))
+    async with FakeAnnoLab(chaos=chaos) as annolab:
+        job = await start_export(session, annolab, INSTRUMENTS, {**DEMO, "includeFiles": True})
+        final = (await poll(session, annolab, job["exportStatusUrl"]))[-1]
+        data = annolab.export_path(job["exportJob"]["id"]).read_bytes()
+        received = bytearray()
+        async with session.get(final["downloadUrl"]) as response:
+            assert response.content_length == len(data)
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await read_into(response, received)
+    cut = chaos.decide("download", str(job["exportJob"]["id"]), 0).cut
+    assert cut is not None
+    assert received == data[: int(cut * len(data))]

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
+import time
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import replace
+from typing import Any, Literal
 
 import aiohttp
 import pytest
 
-from annopull.testing import FakeKognic, Fault, KognicProject
+from annopull.testing import Chaos, ChaosEvent, FakeKognic, Fault, KognicProject
 
 pytestmark = pytest.mark.anyio
 
@@ -439,3 +442,352 @@ def test_urls_need_start() -> None:
     """URLs of a fake that is not started are an error, not a wrong value."""
     with pytest.raises(RuntimeError, match="not started"):
         _ = FakeKognic().api_url
+
+
+# -- echoed errors, redirects, custom messages (Fault) -------------------------------------
+
+
+async def test_fault_echo_token(session: aiohttp.ClientSession, kognic: FakeKognic) -> None:
+    """An echoing token fault quotes the form body, client_secret included, in its message."""
+    kognic.faults.add(Fault(target="token", status=401, echo=True, message="invalid_client"))
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": kognic.client_id,
+        "client_secret": kognic.client_secret,
+    }
+    async with session.post(kognic.auth_url + "/v1/auth/oauth/token", data=form) as response:
+        assert response.status == 401
+        message = (await response.json())["message"]
+    assert message.startswith("invalid_client: POST " + kognic.auth_url)
+    assert f"client_secret={kognic.client_secret}" in message
+
+
+async def test_fault_echo_search(session: aiohttp.ClientSession, kognic: FakeKognic) -> None:
+    """An echoing API fault quotes the Authorization header (the bearer token)."""
+    headers = await auth(session, kognic)
+    kognic.faults.add(Fault(target="search", status=400, echo=True))
+    url = kognic.api_url + SEARCH.format(project="demo", atype="demo")
+    async with session.get(url, headers=headers) as response:
+        assert response.status == 400
+        body = await response.json()
+    assert f"Authorization: {headers['Authorization']}" in body["message"]
+    assert body["request"]["headers"]["Authorization"] == headers["Authorization"]
+
+
+async def test_fault_echo_storage_xml(session: aiohttp.ClientSession, kognic: FakeKognic) -> None:
+    """An echoing storage fault answers one line of XML quoting the signed query."""
+    item = (await first_page(session, kognic, await auth(session, kognic)))[0]
+    kognic.faults.add(Fault(target="content", status=403, echo=True))
+    signature = item["uri"].rpartition("signature=")[2]
+    async with session.get(item["uri"]) as response:
+        assert response.status == 403
+        assert response.content_type == "application/xml"
+        text = await response.text()
+    assert "\n" not in text.split("<StringToSign>")[0]
+    assert "<Code>SignatureDoesNotMatch</Code>" in text
+    assert f"<SignatureProvided>{signature}</SignatureProvided>" in text
+    assert f"signature={signature}</Details>" in text
+
+
+async def test_fault_redirect_loop(session: aiohttp.ClientSession, kognic: FakeKognic) -> None:
+    """A redirect fault sends the client back to the same signed URL until it gives up."""
+    item = (await first_page(session, kognic, await auth(session, kognic)))[0]
+    kognic.faults.add(Fault(target="content", redirect=True, times=100))
+    async with session.get(item["uri"], allow_redirects=False) as response:
+        assert response.status == 302
+        assert response.headers["Location"] == item["uri"]
+    with pytest.raises(aiohttp.TooManyRedirects):
+        async with session.get(item["uri"], max_redirects=5):
+            pass
+
+
+async def test_fault_message(session: aiohttp.ClientSession, kognic: FakeKognic) -> None:
+    """message replaces the injected-fault text of a status fault."""
+    kognic.faults.add(Fault(target="token", status=503, message="maintenance window"))
+    form = {"grant_type": "client_credentials", "client_id": kognic.client_id}
+    async with session.post(kognic.auth_url + "/v1/auth/oauth/token", data=form) as response:
+        assert (await response.json())["message"] == "maintenance window"
+
+
+# -- chaos --------------------------------------------------------------------------------
+
+
+def chaos_fake(chaos: Chaos, **kwargs: Any) -> FakeKognic:
+    project = KognicProject(count=60, page_size=10, content_size=3000)
+    return FakeKognic(projects=[project], chaos=chaos, **kwargs)
+
+
+async def fetch_all(
+    session: aiohttp.ClientSession, kognic: FakeKognic, items: list[dict[str, Any]]
+) -> list[tuple[int, int]]:
+    """GET each item's content in order; return (status, bytes received or -1 if cut)."""
+    seen: list[tuple[int, int]] = []
+    for item in items:
+        received = bytearray()
+        async with session.get(item["uri"]) as response:
+            try:
+                await read_into(response, received)
+            except aiohttp.ClientPayloadError:
+                seen.append((response.status, -1))
+                continue
+            seen.append((response.status, len(received)))
+    return seen
+
+
+async def test_chaos_decide_same_seed_same_decisions() -> None:
+    """decide() depends only on (seed, target, key, n): equal seeds agree, others differ."""
+    knobs: dict[str, Any] = {
+        "error_rate": 0.3,
+        "cut_rate": 0.2,
+        "stall_rate": 0.2,
+        "wrong_length_rate": 0.2,
+        "malformed_rate": 0.3,
+        "latency": 0.05,
+        "latency_spread": 0.02,
+    }
+    calls = [(t, f"k{k}", n) for t in ("search", "content") for k in range(30) for n in range(3)]
+    first = [Chaos(seed=4, **knobs).decide(*call) for call in calls]
+    again = [Chaos(seed=4, **knobs).decide(*call) for call in reversed(calls)][::-1]
+    other = [Chaos(seed=5, **knobs).decide(*call) for call in calls]
+    assert first == again
+    assert first != other
+    assert {d.status for d in first} >= {None, 500, 502, 503}
+    assert {d.malformed for d in first if d.target == "content"} == {None}
+
+
+@pytest.mark.parametrize(
+    ("knob", "field"),
+    [
+        pytest.param("error_rate", "status", id="5xx"),
+        pytest.param("cut_rate", "cut", id="cut"),
+        pytest.param("stall_rate", "stall", id="stall"),
+        pytest.param("wrong_length_rate", "wrong_length", id="wrong-length"),
+        pytest.param("malformed_rate", "malformed", id="malformed"),
+    ],
+)
+def test_chaos_rates(knob: str, field: str) -> None:
+    """Each rate hits about that fraction of requests, and 0 and 1 mean never and always."""
+    calls = [("search", f"page{k}", 0) for k in range(4000)]
+    for rate, low, high in ((0.0, 0, 0), (0.25, 900, 1100), (1.0, 4000, 4000)):
+        chaos = Chaos(seed=1, **{knob: rate})
+        hits = sum(getattr(chaos.decide(*call), field) is not None for call in calls)
+        assert low <= hits <= high, (rate, hits)
+
+
+@pytest.mark.parametrize(
+    ("shape", "spread"), [pytest.param("uniform", 0.05), pytest.param("lognormal", 0.8)]
+)
+def test_chaos_latency_spread(shape: Literal["uniform", "lognormal"], spread: float) -> None:
+    """Latency has the asked-for mean; uniform stays within the spread, lognormal has a tail."""
+    chaos = Chaos(seed=2, latency=0.1, latency_spread=spread, latency_shape=shape)
+    waits = [chaos.decide("content", f"s{k}", 0).latency for k in range(4000)]
+    assert statistics.fmean(waits) == pytest.approx(0.1, rel=0.08)
+    assert len(set(waits)) > 3000
+    if shape == "uniform":
+        assert 0.05 <= min(waits) < 0.052
+        assert 0.148 < max(waits) <= 0.15
+    else:
+        assert min(waits) > 0
+        assert statistics.median(waits) < 0.08  # most answers are quick...
+        assert max(waits) > 0.5  # ...and a few are very slow
+
+
+def test_chaos_rejects_bad_settings() -> None:
+    """Rates outside [0, 1], unknown targets or kinds, and non-5xx statuses are refused."""
+    for bad in (
+        {"error_rate": 1.5},
+        {"cut_rate": -0.1},
+        {"latency": -1.0},
+        {"targets": frozenset({"nowhere"})},
+        {"malformed_kinds": ("bad",)},
+        {"error_statuses": (404,)},
+        {"export_error_rate": 0.6, "export_stuck_rate": 0.6},
+        {"rate_burst": 0},
+    ):
+        with pytest.raises(ValueError):  # noqa: PT011 - each message names its knob
+            Chaos(**bad)
+
+
+async def test_chaos_5xx_as_decided(session: aiohttp.ClientSession) -> None:
+    """The storage answers exactly the 5xx that decide() predicts, and records them."""
+    chaos = Chaos(seed=3, error_rate=0.4, targets=frozenset({"content"}))
+    async with chaos_fake(chaos) as kognic:
+        items = await first_page(session, kognic, await auth(session, kognic))
+        seen = await fetch_all(session, kognic, items)
+        events = list(kognic.stats.chaos)
+    predicted = [chaos.decide("content", item["inputUuid"], 0).status for item in items]
+    assert [status for status, _ in seen] == [p or 200 for p in predicted]
+    assert 0 < sum(p is not None for p in predicted) < len(items)
+    assert events == [
+        ChaosEvent("content", item["inputUuid"], f"status {p}")
+        for item, p in zip(items, predicted, strict=True)
+        if p is not None
+    ]
+
+
+async def test_chaos_same_seed_same_sequence(session: aiohttp.ClientSession) -> None:
+    """Two fakes with the same seed misbehave alike on the same requests; another seed does not."""
+    chaos = Chaos(seed=11, error_rate=0.2, cut_rate=0.2, wrong_length_rate=0.2)
+    runs = []
+    for seed in (11, 11, 12):
+        async with chaos_fake(replace(chaos, seed=seed, targets=frozenset({"content"}))) as fake:
+            items = await first_page(session, fake, await auth(session, fake))
+            seen = await fetch_all(session, fake, items + items)
+            runs.append((seen, [event[1:] for event in fake.stats.chaos]))
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+    assert any(received == -1 for _, received in runs[0][0])
+
+
+async def test_chaos_rate_limit(session: aiohttp.ClientSession) -> None:
+    """Beyond the bucket a server answers 429 with Retry-After; the bucket refills at the rate."""
+    async with chaos_fake(Chaos(rate_limit=1.0, rate_burst=2)) as kognic:
+        headers = await auth(session, kognic)  # the auth server has its own bucket
+        url = kognic.api_url + SEARCH.format(project="demo", atype="demo")
+        statuses = []
+        for _ in range(4):
+            async with session.get(url, headers=headers) as response:
+                statuses.append(response.status)
+                retry_after = response.headers.get("Retry-After")
+        await asyncio.sleep(1.1)
+        async with session.get(url, headers=headers) as response:
+            refilled = response.status
+        events = [event.action for event in kognic.stats.chaos]
+    assert statuses == [200, 200, 429, 429]
+    assert retry_after == "1"
+    assert refilled == 200
+    assert events == ["rate-limited", "rate-limited"]
+
+
+async def test_chaos_cut_bodies(session: aiohttp.ClientSession) -> None:
+    """A cut body sends full headers, then the decided fraction of the body, then drops."""
+    chaos = Chaos(seed=5, cut_rate=1.0, targets=frozenset({"content"}))
+    async with chaos_fake(chaos) as kognic:
+        items = (await first_page(session, kognic, await auth(session, kognic)))[:5]
+        for item in items:
+            content = kognic.content("demo", item["inputUuid"], "demo")
+            cut = chaos.decide("content", item["inputUuid"], 0).cut
+            assert cut is not None
+            received = bytearray()
+            async with session.get(item["uri"]) as response:
+                assert response.content_length == len(content)
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await read_into(response, received)
+            assert received == content[: int(cut * len(content))]
+
+
+async def test_chaos_stalled_bodies(session: aiohttp.ClientSession) -> None:
+    """A stalled body pauses mid-way: a patient client gets it all, an impatient one times out."""
+    chaos = Chaos(seed=6, stall_rate=1.0, stall=0.6, targets=frozenset({"content"}))
+    async with chaos_fake(chaos) as kognic:
+        item = (await first_page(session, kognic, await auth(session, kognic)))[0]
+        content = kognic.content("demo", item["inputUuid"], "demo")
+        started = time.monotonic()
+        async with session.get(item["uri"]) as response:
+            assert await response.read() == content
+        assert time.monotonic() - started >= 0.6
+        with pytest.raises(asyncio.TimeoutError):
+            async with session.get(
+                item["uri"], timeout=aiohttp.ClientTimeout(sock_read=0.2)
+            ) as response:
+                await response.read()
+        assert [e.action.split()[0] for e in kognic.stats.chaos] == ["stall", "stall"]
+
+
+async def test_chaos_wrong_content_length(session: aiohttp.ClientSession) -> None:
+    """A shorter Content-Length yields a short body that looks complete; a longer one drops."""
+    chaos = Chaos(seed=7, wrong_length_rate=1.0, targets=frozenset({"content"}))
+    kinds = set()
+    async with chaos_fake(chaos) as kognic:
+        items = await first_page(session, kognic, await auth(session, kognic))
+        for item in items:
+            content = kognic.content("demo", item["inputUuid"], "demo")
+            decision = chaos.decide("content", item["inputUuid"], 0)
+            declared = decision.declared_length(len(content))
+            received = bytearray()
+            async with session.get(item["uri"]) as response:
+                assert response.content_length == declared != len(content)
+                if declared < len(content):
+                    await read_into(response, received)
+                    assert received == content[:declared]
+                    kinds.add("shorter")
+                else:
+                    with pytest.raises(aiohttp.ClientPayloadError):
+                        await read_into(response, received)
+                    assert received == content
+                    kinds.add("longer")
+    assert kinds == {"shorter", "longer"}
+
+
+async def test_chaos_expiring_urls(session: aiohttp.ClientSession) -> None:
+    """Signed URLs are valid for url_ttl seconds, to the millisecond, then answer 403."""
+    async with chaos_fake(Chaos(), url_ttl=0.5) as kognic:
+        item = (await first_page(session, kognic, await auth(session, kognic)))[0]
+        async with session.get(item["uri"]) as response:
+            assert response.status == 200
+        await asyncio.sleep(0.6)
+        async with session.get(item["uri"]) as response:
+            assert response.status == 403
+            assert "expired" in (await response.json())["message"]
+
+
+@pytest.mark.parametrize("kind", ["invalid-json", "missing-fields", "non-list-data"])
+async def test_chaos_malformed_pages(session: aiohttp.ClientSession, kind: str) -> None:
+    """Malformed listing pages are 200 answers with bad JSON, missing fields or a non-list data."""
+    chaos = Chaos(seed=8, malformed_rate=1.0, malformed_kinds=(kind,))
+    async with chaos_fake(chaos) as kognic:
+        headers = await auth(session, kognic)
+        url = kognic.api_url + SEARCH.format(project="demo", atype="demo")
+        for cursor in range(0, 60, 10):
+            async with session.get(url, headers=headers, params={"cursorId": cursor}) as response:
+                assert response.status == 200
+                text = await response.text()
+            if kind == "invalid-json":
+                with pytest.raises(json.JSONDecodeError):
+                    json.loads(text)
+                continue
+            body = json.loads(text)
+            if kind == "non-list-data":
+                assert not isinstance(body["data"], list)
+            else:
+                fields = {"inputUuid", "annotationType", "created", "uri"}
+                assert "data" not in body or any(set(i) != fields for i in body["data"])
+        assert [e.action for e in kognic.stats.chaos] == [f"malformed {kind}"] * 6
+
+
+async def test_chaos_auth_down_for_requests(session: aiohttp.ClientSession) -> None:
+    """The first N token requests answer 503 with Retry-After; then tokens are issued."""
+    async with chaos_fake(Chaos(auth_down_requests=2)) as kognic:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": kognic.client_id,
+            "client_secret": kognic.client_secret,
+        }
+        for _ in range(2):
+            async with session.post(kognic.auth_url + "/v1/auth/oauth/token", data=form) as r:
+                assert r.status == 503
+                assert r.headers["Retry-After"] == "1"
+        assert await get_token(session, kognic)
+        assert [e.action for e in kognic.stats.chaos] == ["auth-down", "auth-down"]
+
+
+async def test_chaos_auth_down_for_seconds(session: aiohttp.ClientSession) -> None:
+    """For auth_down_for seconds after start the auth server answers 503, then it recovers."""
+    async with chaos_fake(Chaos(auth_down_for=1.0)) as kognic:
+        form = {"grant_type": "client_credentials", "client_id": kognic.client_id}
+        async with session.post(kognic.auth_url + "/v1/auth/oauth/token", data=form) as r:
+            assert r.status == 503
+            assert r.headers["Retry-After"] == "1"
+        await asyncio.sleep(1.1)
+        assert await get_token(session, kognic)
+
+
+async def test_chaos_targets_and_faults_first(session: aiohttp.ClientSession) -> None:
+    """Chaos spares endpoints outside its targets, and a scripted fault replaces it."""
+    chaos = Chaos(error_rate=1.0, targets=frozenset({"content"}))
+    async with chaos_fake(chaos) as kognic:
+        items = await first_page(session, kognic, await auth(session, kognic))
+        kognic.faults.add(Fault(target="content", truncate_after=10**9))
+        seen = await fetch_all(session, kognic, items[:2])
+    assert seen[0] == (200, len(kognic.content("demo", items[0]["inputUuid"], "demo")))
+    assert seen[1][0] in (500, 502, 503)

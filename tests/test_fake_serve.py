@@ -17,8 +17,15 @@ import aiohttp
 import pytest
 
 import annopull.testing
-from annopull.testing import FakeAnnoLab, FakeKognic, FakePlatforms, KognicProject, run_in_thread
-from annopull.testing.serve import fake_serve
+from annopull.testing import (
+    Chaos,
+    FakeAnnoLab,
+    FakeKognic,
+    FakePlatforms,
+    KognicProject,
+    run_in_thread,
+)
+from annopull.testing.serve import _parser, _platforms, fake_serve
 
 DESCRIBE_KEYS = {
     "kognic": {
@@ -172,3 +179,147 @@ def test_all_is_sorted_and_complete() -> None:
         if not name.startswith("_") and not isinstance(value, type(annopull.testing))
     }
     assert set(names) == public
+
+
+CHAOS_FLAGS = (
+    "--chaos-seed",
+    "--chaos-targets",
+    "--latency-mean",
+    "--latency-spread",
+    "--latency-shape",
+    "--error-rate",
+    "--rate-limit",
+    "--rate-burst",
+    "--cut-rate",
+    "--stall-rate",
+    "--stall",
+    "--wrong-length-rate",
+    "--malformed-rate",
+    "--auth-down-for",
+    "--auth-down-requests",
+    "--export-error-rate",
+    "--export-stuck-rate",
+    "--annolab-url-ttl",
+)
+
+
+def test_serve_help_documents_chaos(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help names every chaos flag and says the knobs are deterministic for a seed."""
+    assert fake_serve(["--help"]) == 0
+    out = capsys.readouterr().out
+    for option in CHAOS_FLAGS:
+        assert option in out
+    assert "treated alike in every run" in " ".join(out.split())
+
+
+def test_serve_chaos_flags_reach_both_fakes() -> None:
+    """The chaos flags build one Chaos for both fakes; without them there is none."""
+    argv = [
+        "--seed",
+        "4",
+        "--latency-mean",
+        "0.02",
+        "--latency-spread",
+        "0.5",
+        "--latency-shape",
+        "lognormal",
+        "--error-rate",
+        "0.1",
+        "--rate-limit",
+        "50",
+        "--rate-burst",
+        "10",
+        "--cut-rate",
+        "0.05",
+        "--stall-rate",
+        "0.01",
+        "--stall",
+        "2",
+        "--wrong-length-rate",
+        "0.02",
+        "--malformed-rate",
+        "0.03",
+        "--auth-down-for",
+        "1.5",
+        "--auth-down-requests",
+        "2",
+        "--export-error-rate",
+        "0.2",
+        "--export-stuck-rate",
+        "0.1",
+        "--chaos-targets",
+        "content,search",
+        "--annolab-url-ttl",
+        "30",
+    ]
+    platforms = _platforms(_parser().parse_args(argv))
+    expected = Chaos(
+        seed=4,
+        latency=0.02,
+        latency_spread=0.5,
+        latency_shape="lognormal",
+        error_rate=0.1,
+        rate_limit=50.0,
+        rate_burst=10,
+        cut_rate=0.05,
+        stall_rate=0.01,
+        stall=2.0,
+        wrong_length_rate=0.02,
+        malformed_rate=0.03,
+        auth_down_for=1.5,
+        auth_down_requests=2,
+        export_error_rate=0.2,
+        export_stuck_rate=0.1,
+        targets=frozenset({"content", "search"}),
+    )
+    assert platforms.kognic.chaos == expected
+    assert platforms.annolab.chaos == expected
+    assert _platforms(_parser().parse_args(["--chaos-seed", "9"])).kognic.chaos is None
+    seeded = _platforms(_parser().parse_args(["--chaos-seed", "9", "--cut-rate", "1"]))
+    assert seeded.kognic.chaos == Chaos(seed=9, cut_rate=1.0)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["--error-rate", "2"], id="rate-above-one"),
+        pytest.param(["--chaos-targets", "content,nowhere"], id="unknown-target"),
+        pytest.param(["--latency-shape", "pareto"], id="unknown-shape"),
+    ],
+)
+def test_serve_bad_chaos_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Chaos values out of range exit 2 with a message, like any bad argument."""
+    assert fake_serve(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "error" in captured.err
+
+
+AUTH_DOWN = ("--auth-down-requests", "1", "--chaos-seed", "3")
+
+
+def test_serve_chaos_subprocess() -> None:
+    """fake serve with --auth-down-requests answers the first token request 503, then works."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "annopull.testing.serve", "--count", "5", *AUTH_DOWN],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONWARNINGS": "error"},
+    )
+    try:
+        kognic = json.loads(read_line(process))["kognic"]
+        credentials = (kognic["auth_url"], kognic["client_id"], kognic["client_secret"])
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            fetch_token(*credentials)
+        with refused.value:  # an HTTPError holds the connection until closed
+            assert refused.value.code == 503
+            assert refused.value.headers["Retry-After"] == "1"
+        assert fetch_token(*credentials)["token_type"] == "Bearer"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+    assert process.returncode == 0, stderr

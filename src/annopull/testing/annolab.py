@@ -26,12 +26,12 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from annopull.testing.chaos import Chaos, ChaosEvent, ChaosState
 from annopull.testing.faults import (
     CHUNK_SIZE,
     FakeServer,
     FaultPlan,
     UrlSigner,
-    fault_answer,
     json_error,
     reject_auth_header,
     send_body,
@@ -91,6 +91,8 @@ class AnnoLabStats:
     bytes_served: int = 0
     #: Downloads that carried an Authorization header (0 for a correct client).
     downloads_with_auth_header: int = 0
+    #: What :class:`~annopull.testing.Chaos` did, in order.
+    chaos: list[ChaosEvent] = field(default_factory=list)
 
 
 class _BadBody(ValueError):
@@ -121,6 +123,8 @@ class _Job:
     id: int
     path: Path
     error: str | None = None
+    #: Never finishes: the polls answer ``started`` forever.
+    stuck: bool = False
     polls: int = 0
     build: asyncio.Task[None] | None = None
 
@@ -234,6 +238,8 @@ class FakeAnnoLab(FakeServer):
             zip is about this many bytes (e.g. 2 GiB for a benchmark); overrides the
             projects' ``pdf_size``.
         url_ttl: Lifetime of signed download URLs, seconds.
+        chaos: Seeded misbehaviour of a fraction of all requests and export jobs (see
+            :class:`Chaos`); none if None. Scripted :attr:`faults` take precedence over it.
     """
 
     def __init__(
@@ -246,6 +252,7 @@ class FakeAnnoLab(FakeServer):
         host: str = "127.0.0.1",
         export_size: int | None = None,
         url_ttl: float = 3600.0,
+        chaos: Chaos | None = None,
     ) -> None:
         super().__init__(host=host)
         if not status_sequence:
@@ -253,8 +260,10 @@ class FakeAnnoLab(FakeServer):
         #: The projects served, in the order given.
         self.projects = tuple(projects)
         self.api_key = api_key
+        self.chaos = chaos
         self.faults = FaultPlan()
         self.stats = AnnoLabStats()
+        self._chaos = ChaosState(chaos, self.stats.chaos)
         self._workdir_arg = workdir
         self._workdir: Path | None = None
         self._status_sequence = tuple(status_sequence)
@@ -294,6 +303,7 @@ class FakeAnnoLab(FakeServer):
             self._workdir = self._workdir_arg
             await asyncio.to_thread(self._workdir.mkdir, parents=True, exist_ok=True)
         self._cancel.clear()
+        self._chaos.reset()
         await self._listen(
             "api",
             [
@@ -333,8 +343,10 @@ class FakeAnnoLab(FakeServer):
         except ValueError:
             body = None
         project_key = str(body.get(key)) if isinstance(body, dict) else None
-        fault = self.faults.take("export", project_key)
-        if (answer := await fault_answer(fault)) is not None:
+        fault, answer, chaos = await self._admit(
+            request, target="export", key=project_key, server="api"
+        )
+        if answer is not None:
             return answer
         if (denied := self._check_key(request)) is not None:
             return denied
@@ -353,7 +365,7 @@ class FakeAnnoLab(FakeServer):
             "exportStatusUrl": status_url,
             "exportJob": {"status": self._status_sequence[0], "id": job.id},
         }
-        return await send_json(request, answer_body, status=201, fault=fault)
+        return await send_json(request, answer_body, status=201, fault=fault, chaos=chaos)
 
     def _start_job(self, entries: list[_Entry]) -> _Job:
         assert self._workdir is not None
@@ -361,6 +373,10 @@ class FakeAnnoLab(FakeServer):
         job = _Job(id=job_id, path=self._workdir / f"export-{job_id}.zip")
         job.error, self._next_error = self._next_error, None
         if job.error is None:
+            outcome = self._chaos.export_outcome(job_id)
+            job.error = "Export failed: injected by chaos" if outcome == "errored" else None
+            job.stuck = outcome == "stuck"
+        if job.error is None and not job.stuck:
             # The build outlives the request that started it, as a real export job does; the
             # fake owns it: close() sets the cancel event and awaits every build.
             job.build = asyncio.create_task(
@@ -510,15 +526,17 @@ class FakeAnnoLab(FakeServer):
     async def _status(self, request: web.Request) -> web.StreamResponse:
         self.stats.status_requests += 1
         job_key = request.match_info["id"]
-        fault = self.faults.take("status", job_key)
-        if (answer := await fault_answer(fault)) is not None:
+        fault, answer, chaos = await self._admit(
+            request, target="status", key=job_key, server="api"
+        )
+        if answer is not None:
             return answer
         if (denied := self._check_key(request)) is not None:
             return denied
         job = self._jobs.get(int(job_key)) if job_key.isdigit() else None
         if job is None:
             return json_error(404, f"no export {job_key}")
-        return await send_json(request, self._poll(job), fault=fault)
+        return await send_json(request, self._poll(job), fault=fault, chaos=chaos)
 
     def _poll(self, job: _Job) -> dict[str, Any]:
         """Advance ``job`` one step along the status sequence and describe it."""
@@ -527,6 +545,8 @@ class FakeAnnoLab(FakeServer):
             return {"id": job.id, "status": self._status_sequence[job.polls]}
         if job.error is not None:
             return {"id": job.id, "status": "errored", "error": job.error}
+        if job.stuck:
+            return {"id": job.id, "status": "started"}
         assert job.build is not None
         if not job.build.done():
             # The zip is still being written: keep the client polling.
@@ -548,8 +568,10 @@ class FakeAnnoLab(FakeServer):
             self.stats.downloads_with_auth_header += 1
             return rejected
         job_key = request.match_info["id"]
-        fault = self.faults.take("download", job_key)
-        if (answer := await fault_answer(fault)) is not None:
+        fault, answer, chaos = await self._admit(
+            request, target="download", key=job_key, server="storage", storage=True
+        )
+        if answer is not None:
             return answer
         if (denied := self._signer.check(request)) is not None:
             return denied
@@ -557,7 +579,7 @@ class FakeAnnoLab(FakeServer):
         if job is None or job.build is None or not job.build.done():
             return json_error(404, "no such export")
         response, sent = await send_body(
-            request, job.path, content_type="application/zip", fault=fault, ranges=True
+            request, job.path, content_type="application/zip", fault=fault, ranges=True, chaos=chaos
         )
         self.stats.bytes_served += sent
         return response

@@ -4,7 +4,8 @@ A test scripts faults with :class:`FaultPlan` (``fake.faults.add(Fault(...))``);
 fake asks the plan for a fault on every request to a *target* endpoint and applies it
 with the helpers below. The helpers live here, next to the faults, because they are
 where faults take effect: every answer a fake sends goes through :func:`send_body`
-(Content-Length, Range, truncation), every signed storage URL through
+(Content-Length, Range, truncation, and the body knobs of
+:class:`~annopull.testing.chaos.Chaos`), every signed storage URL through
 :class:`UrlSigner`, and every server through :func:`start_app` (loopback only).
 """
 
@@ -24,8 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Self
 from urllib.parse import urlencode
+from xml.sax.saxutils import escape
 
 from aiohttp import web
+
+from annopull.testing.chaos import ChaosDecision, ChaosState
 
 __all__ = [
     "FakeServer",
@@ -63,6 +67,16 @@ class Fault:
         match: Only requests for this key: a scene uuid (Kognic ``content``), an
             export id (AnnoLab ``status``/``download``), a project name (Kognic
             ``search``, AnnoLab ``export``) or a client id (Kognic ``token``).
+        message: The error message sent with ``status`` (instead of "injected fault").
+        echo: With ``status``, make the error body quote the request back, as careless
+            servers do: storage answers XML (like S3/GCS ``SignatureDoesNotMatch``)
+            quoting the signed URL, its query and signature; the APIs answer JSON whose
+            ``message`` quotes the URL, the ``Authorization`` header and the request body
+            (a token request's ``client_secret``). For tests that secrets stay out of
+            messages.
+        redirect: Answer a redirect (``status`` if it is a 3xx, else 302) back to the
+            request's own URL, signed query included; with ``times`` above the client's
+            redirect limit, that is a redirect loop.
     """
 
     target: str
@@ -72,6 +86,9 @@ class Fault:
     stall: float | None = None
     times: int = 1
     match: str | None = None
+    message: str | None = None
+    echo: bool = False
+    redirect: bool = False
 
 
 class FaultPlan:
@@ -146,8 +163,12 @@ class FakeServer:
     """Base of the fakes: starts their loopback servers, and stops them all on close.
 
     Subclasses implement :meth:`_serve`, which calls :meth:`_listen` once per named
-    server (each on its own port); :meth:`_url` gives a server's base URL back.
+    server (each on its own port); :meth:`_url` gives a server's base URL back. They set
+    ``faults`` and ``_chaos``, which :meth:`_admit` applies to each request.
     """
+
+    faults: FaultPlan
+    _chaos: ChaosState
 
     def __init__(self, *, host: str) -> None:
         self.host = check_loopback(host)
@@ -161,6 +182,40 @@ class FakeServer:
         runner, url = await start_app(routes, host=self.host)
         self._runners.append(runner)
         self._urls[name] = url
+
+    async def _admit(
+        self,
+        request: web.Request,
+        *,
+        target: str,
+        key: str | None,
+        server: str,
+        chaos_key: str | None = None,
+        storage: bool = False,
+    ) -> tuple[Fault | None, web.StreamResponse | None, ChaosDecision | None]:
+        """Apply a scripted fault, or else chaos, to one request.
+
+        Returns the fault taken (for :func:`send_body`'s truncation), the answer to send
+        instead of the real one (or None), and the chaos decision for the real body. A
+        request a scripted fault applies to gets no chaos: the script is what a test asked.
+
+        Args:
+            request: The request.
+            target: The endpoint (a :class:`Fault` target).
+            key: What faults match on.
+            server: The server it came to (each has its own rate-limit bucket).
+            chaos_key: What chaos decisions are keyed by (default: ``key``).
+            storage: Whether echoed errors are a cloud store's XML.
+        """
+        fault = self.faults.take(target, key)
+        if (answer := await fault_answer(fault, request, storage=storage)) is not None:
+            return fault, answer, None
+        if fault is not None:
+            return fault, None, None
+        chaos_answer, decision = await self._chaos.gate(
+            target=target, key=chaos_key if chaos_key is not None else key or "", server=server
+        )
+        return None, chaos_answer, decision
 
     def _url(self, name: str) -> str:
         try:
@@ -203,20 +258,60 @@ def json_error(status: int, message: str, *, retry_after: str | None = None) -> 
     return web.json_response({"message": message}, status=status, headers=headers)
 
 
-async def fault_answer(fault: Fault | None) -> web.Response | None:
-    """Apply the stall and status parts of ``fault``; return the answer to send instead.
+async def fault_answer(
+    fault: Fault | None, request: web.Request | None = None, *, storage: bool = False
+) -> web.Response | None:
+    """Apply the stall, redirect and status parts of ``fault``; return the answer to send.
 
     ``None`` means "send the real answer" (possibly truncated by :func:`send_body`).
+    ``request`` is needed for ``echo`` and ``redirect``; ``storage`` makes an echo the XML
+    of a cloud store rather than the platform's JSON.
     """
     if fault is None:
         return None
     if fault.stall is not None:
         await asyncio.sleep(fault.stall)
+    if fault.redirect and request is not None:
+        status = fault.status if fault.status is not None and 300 <= fault.status < 400 else 302
+        return web.Response(status=status, headers={"Location": str(request.url)})
     if fault.status is not None:
-        return json_error(
-            fault.status, f"injected fault: status {fault.status}", retry_after=fault.retry_after
-        )
+        message = fault.message or f"injected fault: status {fault.status}"
+        if fault.echo and request is not None:
+            return await _echo(fault.status, message, request, storage=storage)
+        return json_error(fault.status, message, retry_after=fault.retry_after)
     return None
+
+
+_STORAGE_CODES: Final = {403: "SignatureDoesNotMatch", 404: "NoSuchKey", 400: "InvalidArgument"}
+
+
+async def _echo(status: int, message: str, request: web.Request, *, storage: bool) -> web.Response:
+    """An error answer that quotes ``request`` back: its URL, credentials and body."""
+    if storage:
+        # One line, as GCS sends it: a client that shows the start of the body shows the query.
+        code = _STORAGE_CODES.get(status, "InternalError")
+        query = request.query_string
+        xml = (
+            "<?xml version='1.0' encoding='UTF-8'?><Error>"
+            f"<Code>{code}</Code><Message>{escape(message)}: {escape(str(request.url))}</Message>"
+            f"<Details>{request.method} {escape(request.path)}?{escape(query)}</Details>"
+            f"<StringToSign>GET\n{escape(request.path)}\n"
+            f"{escape(request.query.get('expires', ''))}</StringToSign>"
+            f"<SignatureProvided>{escape(request.query.get('signature', ''))}</SignatureProvided>"
+            "</Error>"
+        )
+        return web.Response(status=status, text=xml, content_type="application/xml")
+    body = (await request.read()).decode("utf-8", "replace")
+    parts = [f"{message}: {request.method} {request.url}"]
+    if (authorization := request.headers.get("Authorization")) is not None:
+        parts.append(f"Authorization: {authorization}")
+    if body:
+        parts.append(f"body: {body}")
+    echoed = {
+        "message": "; ".join(parts),
+        "request": {"url": str(request.url), "headers": dict(request.headers), "body": body},
+    }
+    return web.json_response(echoed, status=status)
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -280,12 +375,14 @@ async def send_body(
     status: int = 200,
     fault: Fault | None = None,
     ranges: bool = False,
+    chaos: ChaosDecision | None = None,
 ) -> tuple[web.StreamResponse, int]:
     """Stream ``body`` (bytes, or a file read in chunks) and return the bytes sent.
 
     Always sends ``Content-Length``. With ``ranges`` a single ``Range`` is honoured
     (206 with ``Content-Range``, or 416). A ``truncate_after`` fault sends the full
-    headers, then only that many body bytes, then drops the connection.
+    headers, then only that many body bytes, then drops the connection. ``chaos`` may
+    cut the body, stall it mid-way or declare a wrong ``Content-Length``.
     """
     size = await asyncio.to_thread(os.path.getsize, body) if isinstance(body, Path) else len(body)
     start, stop = 0, size
@@ -304,12 +401,25 @@ async def send_body(
                 start, stop = parsed
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-    response = web.StreamResponse(status=status, headers=headers)
-    response.content_length = stop - start
-    await response.prepare(request)
-    limit = stop - start
+    length = stop - start
+    limit, stall_at, declared = length, None, length
     if fault is not None and fault.truncate_after is not None:
         limit = min(limit, fault.truncate_after)
+    if chaos is not None:
+        if chaos.cut is not None:
+            limit = min(limit, int(chaos.cut * length))
+            chaos.note(f"cut at {limit} of {length}")
+        if chaos.stall is not None:
+            stall_at = int(chaos.stall * length)
+            chaos.note(f"stall {chaos.stall_for:g}s at {stall_at} of {length}")
+        if chaos.wrong_length is not None:
+            declared = chaos.declared_length(length)
+            chaos.note(f"Content-Length {declared} for {length}")
+            # aiohttp would drop the bytes past a short Content-Length anyway; say so here.
+            limit = min(limit, declared)
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = declared
+    await response.prepare(request)
     chunks = (
         _file_chunks(body, start, stop)
         if isinstance(body, Path)
@@ -319,13 +429,20 @@ async def send_body(
     try:
         async for chunk in chunks:
             piece = chunk[: limit - sent]
+            if stall_at is not None and sent + len(piece) > stall_at:
+                # Send up to the stall point, wait with the body half-sent, then go on.
+                head, piece = piece[: stall_at - sent], piece[stall_at - sent :]
+                await response.write(bytes(head))
+                sent += len(head)
+                await asyncio.sleep(chaos.stall_for if chaos is not None else 0.0)
+                stall_at = None
             await response.write(bytes(piece))
             sent += len(piece)
             if sent >= limit:
                 break
     finally:
         await chunks.aclose()
-    if sent < stop - start:
+    if sent < declared:
         # Closing the transport flushes what was written, then ends the connection
         # short of Content-Length: the client sees a payload error, as in the wild.
         request.protocol.force_close()
@@ -333,12 +450,17 @@ async def send_body(
 
 
 async def send_json(
-    request: web.Request, payload: object, *, status: int = 200, fault: Fault | None = None
+    request: web.Request,
+    payload: object,
+    *,
+    status: int = 200,
+    fault: Fault | None = None,
+    chaos: ChaosDecision | None = None,
 ) -> web.StreamResponse:
-    """Send ``payload`` as JSON through :func:`send_body` (so it can be truncated)."""
-    body = json.dumps(payload).encode()
+    """Send ``payload`` (or bytes already encoded) as JSON through :func:`send_body`."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     response, _ = await send_body(
-        request, body, content_type="application/json", status=status, fault=fault
+        request, body, content_type="application/json", status=status, fault=fault, chaos=chaos
     )
     return response
 
@@ -357,8 +479,9 @@ def reject_auth_header(request: web.Request) -> web.Response | None:
 class UrlSigner:
     """Signs storage URLs with an expiry and checks them, as cloud storage does.
 
-    Expiry has one-second resolution, rounded down: a ``ttl`` of 0 yields URLs that
-    are already expired, which is what tests of re-listing want.
+    ``expires`` is in milliseconds since the epoch, so a URL is valid for ``ttl``
+    seconds to the millisecond; a ``ttl`` of 0 yields URLs that are already expired,
+    which is what tests of re-listing want.
     """
 
     def __init__(self, *, ttl: float) -> None:
@@ -370,7 +493,7 @@ class UrlSigner:
 
     def sign(self, base_url: str, path: str) -> str:
         """Return ``base_url + path`` with ``expires`` and ``signature`` query parameters."""
-        expires = str(int(time.time() + self.ttl))
+        expires = str(int((time.time() + self.ttl) * 1000))
         query = urlencode({"expires": expires, "signature": self._signature(path, expires)})
         return f"{base_url}{path}?{query}"
 
@@ -381,6 +504,6 @@ class UrlSigner:
         expected = self._signature(request.rel_url.raw_path, expires)
         if not hmac.compare_digest(signature, expected) or not expires.isdigit():
             return json_error(403, "signature does not match")
-        if time.time() >= int(expires):
+        if time.time() * 1000 >= int(expires):
             return json_error(403, "request has expired")
         return None

@@ -28,11 +28,11 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from annopull.testing.chaos import Chaos, ChaosEvent, ChaosState, malformed_page
 from annopull.testing.faults import (
     FakeServer,
     FaultPlan,
     UrlSigner,
-    fault_answer,
     json_error,
     reject_auth_header,
     send_body,
@@ -112,6 +112,10 @@ class KognicStats:
     storage_requests_with_auth_header: int = 0
     #: 401 answers sent (bad credentials, missing/unknown/expired tokens).
     unauthorized: int = 0
+    #: Every access token issued, in order (to check that none leaks).
+    issued_tokens: list[str] = field(default_factory=list)
+    #: What :class:`~annopull.testing.Chaos` did, in order.
+    chaos: list[ChaosEvent] = field(default_factory=list)
 
 
 def _index_mask(seed: int, project: str) -> int:
@@ -216,6 +220,8 @@ class FakeKognic(FakeServer):
         latency: Seconds every storage answer waits before it starts, like the round trip
             to a real cloud store; benchmarks use it to measure what concurrency buys.
         host: Loopback address to listen on.
+        chaos: Seeded misbehaviour of a fraction of all requests (see :class:`Chaos`);
+            none if None. Scripted :attr:`faults` take precedence over it.
     """
 
     def __init__(
@@ -228,9 +234,11 @@ class FakeKognic(FakeServer):
         url_ttl: float = 3600.0,
         latency: float = 0.0,
         host: str = "127.0.0.1",
+        chaos: Chaos | None = None,
     ) -> None:
         super().__init__(host=host)
         self.latency = latency
+        self.chaos = chaos
         #: The projects served, in the order given.
         self.projects = tuple(projects)
         self._projects = {project.project: project for project in projects}
@@ -241,6 +249,7 @@ class FakeKognic(FakeServer):
         self.token_ttl = token_ttl
         self.faults = FaultPlan()
         self.stats = KognicStats()
+        self._chaos = ChaosState(chaos, self.stats.chaos)
         self._signer = UrlSigner(ttl=url_ttl)
         self._tokens: dict[str, float] = {}
         self._versions: dict[tuple[str, str], int] = {}
@@ -351,6 +360,7 @@ class FakeKognic(FakeServer):
     # -- servers --------------------------------------------------------------------
 
     async def _serve(self) -> None:
+        self._chaos.reset()
         await self._listen("auth", [web.post("/v1/auth/oauth/token", self._token)])
         prefix = "/v1/annotations"
         await self._listen(
@@ -392,8 +402,10 @@ class FakeKognic(FakeServer):
         self.stats.token_requests += 1
         form = await request.post()
         client_id = str(form.get("client_id", ""))
-        fault = self.faults.take("token", client_id)
-        if (answer := await fault_answer(fault)) is not None:
+        fault, answer, chaos = await self._admit(
+            request, target="token", key=client_id, server="auth"
+        )
+        if answer is not None:
             return answer
         if form.get("grant_type") != "client_credentials":
             return json_error(400, "grant_type must be client_credentials")
@@ -405,16 +417,21 @@ class FakeKognic(FakeServer):
             return self._unauthorized("invalid client credentials")
         token = secrets.token_urlsafe(24)
         self._tokens[token] = time.monotonic() + self.token_ttl
+        self.stats.issued_tokens.append(token)
         ttl = int(self.token_ttl) if self.token_ttl.is_integer() else self.token_ttl
         body = {"access_token": token, "token_type": "Bearer", "expires_in": ttl}
-        return await send_json(request, body, fault=fault)
+        return await send_json(request, body, fault=fault, chaos=chaos)
 
     async def _search(self, request: web.Request) -> web.StreamResponse:
         self.stats.search_requests += 1
         self.stats.cartesian_searches += request.query.get("useDefaultCartesian") == "true"
         info = request.match_info
-        fault = self.faults.take("search", info["project"])
-        if (answer := await fault_answer(fault)) is not None:
+        cursor = request.query.get("cursorId", "0")
+        page = f"{info['project']}/{info.get('batch', '')}/{info['atype']}?{cursor}"
+        fault, answer, chaos = await self._admit(
+            request, target="search", key=info["project"], server="api", chaos_key=page
+        )
+        if answer is not None:
             return answer
         if (denied := self._check_bearer(request)) is not None:
             return denied
@@ -424,7 +441,6 @@ class FakeKognic(FakeServer):
             indices = self._indices(spec, info.get("batch"))
         except KeyError as exc:
             return json_error(404, str(exc.args[0]))
-        cursor = request.query.get("cursorId", "0")
         if not cursor.isdigit():
             return json_error(400, f"invalid cursorId {cursor!r}")
         offset = int(cursor)
@@ -432,7 +448,10 @@ class FakeKognic(FakeServer):
         items = [self._item(spec, index, info["atype"]) for index in indices[offset:end]]
         next_cursor = str(end) if end < len(indices) else None
         body = {"data": items, "metadata": {"nextCursorId": next_cursor}}
-        return await send_json(request, body, fault=fault)
+        if chaos is not None and chaos.malformed is not None:
+            chaos.note(f"malformed {chaos.malformed}")
+            return await send_json(request, malformed_page(body, chaos), fault=fault, chaos=chaos)
+        return await send_json(request, body, fault=fault, chaos=chaos)
 
     def _item(self, spec: KognicProject, index: int, annotation_type: str) -> dict[str, str]:
         scene = _scene_uuid(spec.seed, spec.project, index)
@@ -450,8 +469,8 @@ class FakeKognic(FakeServer):
     async def _single(self, request: web.Request) -> web.StreamResponse:
         scene, annotation_type = request.match_info["scene"], request.match_info["atype"]
         # The single-annotation call fetches content, so "content" faults apply to it.
-        fault = self.faults.take("content", scene)
-        if (answer := await fault_answer(fault)) is not None:
+        fault, answer, chaos = await self._admit(request, target="content", key=scene, server="api")
+        if answer is not None:
             return answer
         if (denied := self._check_bearer(request)) is not None:
             return denied
@@ -466,7 +485,9 @@ class FakeKognic(FakeServer):
         head = json.dumps({"data": item}).encode()[:-2]
         content = await _render(spec, scene, annotation_type, version)
         body = head + b', "content": ' + content + b"}}"
-        response, _ = await send_body(request, body, content_type="application/json", fault=fault)
+        response, _ = await send_body(
+            request, body, content_type="application/json", fault=fault, chaos=chaos
+        )
         return response
 
     async def _storage(self, request: web.Request) -> web.StreamResponse:
@@ -477,8 +498,10 @@ class FakeKognic(FakeServer):
         if (rejected := reject_auth_header(request)) is not None:
             self.stats.storage_requests_with_auth_header += 1
             return rejected
-        fault = self.faults.take("content", info["scene"])
-        if (answer := await fault_answer(fault)) is not None:
+        fault, answer, chaos = await self._admit(
+            request, target="content", key=info["scene"], server="storage", storage=True
+        )
+        if answer is not None:
             return answer
         if (denied := self._signer.check(request)) is not None:
             return denied
@@ -493,7 +516,7 @@ class FakeKognic(FakeServer):
             return json_error(404, "no such object")
         body = await _render(spec, info["scene"], info["atype"], int(version))
         response, sent = await send_body(
-            request, body, content_type="application/json", fault=fault, ranges=True
+            request, body, content_type="application/json", fault=fault, ranges=True, chaos=chaos
         )
         self.stats.content_bytes += sent
         return response

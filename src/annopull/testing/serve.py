@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from annopull.testing.annolab import AnnoLabProject, FakeAnnoLab
+from annopull.testing.chaos import MALFORMED_KINDS, TARGETS, Chaos
 from annopull.testing.faults import check_loopback
 from annopull.testing.kognic import FakeKognic, KognicProject
 from annopull.testing.platforms import FakePlatforms
@@ -28,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="annopull fake serve",
         description=(
             "Serve a fake Kognic and a fake AnnoLab on loopback ports until SIGINT or "
-            "SIGTERM. Prints one JSON line with their URLs and credentials to stdout."
+            "SIGTERM. Prints one JSON line with their URLs and credentials to stdout. "
+            "The chaos options make a seeded fraction of requests misbehave."
         ),
     )
     parser.add_argument(
@@ -89,7 +91,175 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="where export zips are built and kept (default: a temporary directory)",
     )
+    annolab.add_argument(
+        "--annolab-url-ttl",
+        type=float,
+        default=3600.0,
+        help="signed download URL lifetime, seconds (default: %(default)s)",
+    )
+    _chaos_arguments(parser)
     return parser
+
+
+def _chaos_arguments(parser: argparse.ArgumentParser) -> None:
+    chaos = parser.add_argument_group(
+        "chaos",
+        "Misbehaviour of a fraction of all requests, the same for the same --chaos-seed: "
+        "the n-th request for one scene, page, token client or export is treated alike in "
+        "every run (only the rate limit and --auth-down-for follow the clock). Rates are "
+        "fractions in [0, 1]; everything is off by default. Expiring signed URLs: "
+        "--url-ttl, --annolab-url-ttl.",
+    )
+    chaos.add_argument(
+        "--chaos-seed",
+        type=int,
+        default=None,
+        help="seed of every chaos decision (default: --seed)",
+    )
+    chaos.add_argument(
+        "--chaos-targets",
+        type=_targets,
+        default=None,
+        metavar="LIST",
+        help="comma-separated endpoints the per-request knobs apply to, of "
+        f"{','.join(sorted(TARGETS))} (default: all)",
+    )
+    chaos.add_argument(
+        "--latency-mean",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="mean seconds every answer waits (on top of --latency)",
+    )
+    chaos.add_argument(
+        "--latency-spread",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="uniform: waits are mean ± S; lognormal: S is the sigma of the log",
+    )
+    chaos.add_argument(
+        "--latency-shape",
+        choices=("uniform", "lognormal"),
+        default="uniform",
+        help="distribution of the waits (default: %(default)s)",
+    )
+    chaos.add_argument(
+        "--error-rate", type=float, default=0.0, metavar="F", help="fraction answered 500/502/503"
+    )
+    chaos.add_argument(
+        "--rate-limit",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="requests/s each server accepts (token bucket); beyond it 429 with Retry-After",
+    )
+    chaos.add_argument(
+        "--rate-burst",
+        type=int,
+        default=None,
+        metavar="N",
+        help="token bucket size (default: the rate, at least 1)",
+    )
+    chaos.add_argument(
+        "--cut-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of bodies cut at a random offset (the connection drops)",
+    )
+    chaos.add_argument(
+        "--stall-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of bodies that pause mid-body for --stall seconds",
+    )
+    chaos.add_argument(
+        "--stall",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds a stalled body pauses (default: %(default)s)",
+    )
+    chaos.add_argument(
+        "--wrong-length-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of bodies sent with a wrong Content-Length (half shorter, half longer)",
+    )
+    chaos.add_argument(
+        "--malformed-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help=f"fraction of Kognic listing pages malformed ({', '.join(MALFORMED_KINDS)})",
+    )
+    chaos.add_argument(
+        "--auth-down-for",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="the Kognic auth server answers 503 for S seconds after start",
+    )
+    chaos.add_argument(
+        "--auth-down-requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="...and to its first N token requests",
+    )
+    chaos.add_argument(
+        "--export-error-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of AnnoLab export jobs that end errored",
+    )
+    chaos.add_argument(
+        "--export-stuck-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of AnnoLab export jobs that never finish",
+    )
+
+
+def _targets(text: str) -> frozenset[str]:
+    names = frozenset(name.strip() for name in text.split(",") if name.strip())
+    if unknown := names - TARGETS:
+        raise argparse.ArgumentTypeError(
+            f"unknown targets {', '.join(sorted(unknown))} (known: {', '.join(sorted(TARGETS))})"
+        )
+    return names
+
+
+def _chaos(args: argparse.Namespace) -> Chaos | None:
+    """The chaos the flags ask for, or None when every knob is off."""
+    chaos = Chaos(
+        seed=args.seed if args.chaos_seed is None else args.chaos_seed,
+        latency=args.latency_mean,
+        latency_spread=args.latency_spread,
+        latency_shape=args.latency_shape,
+        error_rate=args.error_rate,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        cut_rate=args.cut_rate,
+        stall_rate=args.stall_rate,
+        stall=args.stall,
+        wrong_length_rate=args.wrong_length_rate,
+        malformed_rate=args.malformed_rate,
+        auth_down_for=args.auth_down_for,
+        auth_down_requests=args.auth_down_requests,
+        export_error_rate=args.export_error_rate,
+        export_stuck_rate=args.export_stuck_rate,
+        targets=args.chaos_targets,
+    )
+    quiet = Chaos(
+        seed=chaos.seed, stall=chaos.stall, latency_shape=chaos.latency_shape, targets=chaos.targets
+    )
+    return None if chaos == quiet else chaos
 
 
 def _loopback(host: str) -> str:
@@ -100,6 +270,7 @@ def _loopback(host: str) -> str:
 
 
 def _platforms(args: argparse.Namespace) -> FakePlatforms:
+    chaos = _chaos(args)
     kognic = FakeKognic(
         projects=[
             KognicProject(
@@ -113,12 +284,15 @@ def _platforms(args: argparse.Namespace) -> FakePlatforms:
         url_ttl=args.url_ttl,
         latency=args.latency,
         host=args.host,
+        chaos=chaos,
     )
     annolab = FakeAnnoLab(
         projects=[AnnoLabProject(instruments=args.annolab_instruments, seed=args.seed)],
         workdir=args.workdir,
         export_size=args.annolab_export_size,
         host=args.host,
+        url_ttl=args.annolab_url_ttl,
+        chaos=chaos,
     )
     return FakePlatforms(kognic=kognic, annolab=annolab)
 
