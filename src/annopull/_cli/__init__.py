@@ -91,12 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.fake_args = [*unknown, *args.fake_args]
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.verbose:
-        # Every log line is masked as a whole (message, arguments, traceback): a logged
-        # exception text or URL may carry a signature or a token.
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(RedactingFormatter("annopull: %(message)s"))
-        logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # Every log line is masked as a whole (message, arguments, traceback): a logged exception
+    # text or URL may carry a signature or a token. Without -v only warnings show, as with
+    # Python's last-resort handler, which would print them unmasked.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("annopull: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     if getattr(args, "sync_command", None) is not None:
         code: int = args.sync_command(args)
         return code
