@@ -174,3 +174,18 @@ async def test_library_shape_end_to_end(tmp_path: Path) -> None:
         assert {n: archive.read(n) for n in archive.namelist()} == {
             f"{e.scene_uuid}.json": e.content for e in expected
         }
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        pytest.param("http://[::1]:9/x?q=1", "http://[::1]:9/x", id="ipv6"),
+        pytest.param(
+            "https://u:pw@h.example:8443/a?sig=1#f", "https://h.example:8443/a", id="userinfo"
+        ),
+        pytest.param("http://h:99999/x?y=1", "http://h:99999/x", id="bad-port"),
+    ],
+)
+def test_error_urls_keep_the_host_as_written_and_drop_what_is_secret(url: str, shown: str) -> None:
+    """An error's URL keeps an IPv6 host's brackets, drops user info and query, never raises."""
+    assert annopull.TransferError("x", url=url).url == shown

@@ -62,9 +62,10 @@ __all__ = [
 def redact_url(url: str) -> str:
     """Return ``url`` without its query and credentials: signed URLs carry secrets there."""
     parts = urlsplit(str(url))
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    # Everything after the last "@" is the host; user and password before it are dropped.
+    # Taken as written (not .hostname/.port) so an IPv6 host keeps its brackets and a bad
+    # port cannot raise here.
+    host = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
