@@ -65,7 +65,7 @@ def redact_url(url: str) -> str:
     # Everything after the last "@" is the host; user and password before it are dropped.
     # Taken as written (not .hostname/.port) so an IPv6 host keeps its brackets and a bad
     # port cannot raise here.
-    host = parts.netloc.rpartition("@")[2]
+    host = parts.netloc.rpartition("@")[2].lower()
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
