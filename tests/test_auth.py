@@ -35,6 +35,7 @@ class Answering:
     def __init__(self, code: int, body: Any) -> None:
         self.code = code
         self.body = body
+        self.headers: dict[str, str] = {}
         self.requests: list[web.Request] = []
         self.bodies: list[bytes] = []
         self.url = ""
@@ -42,7 +43,7 @@ class Answering:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request)
         self.bodies.append(await request.read())
-        return web.json_response(self.body, status=self.code)
+        return web.json_response(self.body, status=self.code, headers=self.headers)
 
 
 @pytest.fixture
@@ -169,3 +170,26 @@ async def test_refused_api_key_is_final(answering: Any) -> None:
     assert [r.headers["Authorization"] for r in server.requests] == ["Api-Key al-K3Y-77"] * 2
     assert info.value.status == 401
     assert "al-K3Y-77" not in str(info.value)
+
+
+@pytest.mark.parametrize("code", [pytest.param(307, id="307"), pytest.param(308, id="308")])
+async def test_token_redirect_does_not_send_the_secret_on(answering: Any, code: int) -> None:
+    """A 307/308 from the token endpoint to another port is an AuthError; the secret stays."""
+    elsewhere = await answering(200, {"access_token": "stolen", "expires_in": 60})
+    host = elsewhere.url.removeprefix("http://")
+    auth_server = await answering(code, {})
+    auth_server.headers = {"Location": elsewhere.url + "/v1/auth/oauth/token?leak=1"}
+    credentials = KognicCredentials(client_id="id", client_secret=Secret("TOP-s3cret"))
+    async with Transport(engine=_engine()) as transport:
+        tokens = KognicTokenManager(
+            transport=transport, auth_url=auth_server.url, credentials=credentials
+        )
+        with pytest.raises(AuthError) as info:
+            await tokens.authorization()
+    assert elsewhere.requests == []
+    assert len(auth_server.requests) == 1
+    assert info.value.status == code
+    assert f"redirect to {host}" in str(info.value)
+    assert "leak" not in str(info.value)
+    assert "TOP-s3cret" not in str(info.value)
+    assert info.value.url == auth_server.url + "/v1/auth/oauth/token"

@@ -1,7 +1,9 @@
 """The HTTP transport against real loopback servers.
 
 Small aiohttp apps (``annopull.testing.faults.start_app``) script exact answers; the fake
-Kognic provides signed storage with Range support.
+Kognic provides signed storage with Range support. Tests of waiting (Retry-After, pauses,
+the rate limit) run the transport on a :class:`VirtualClock` (from tests/test_flow.py) and
+read the server's request times off the same clock: no sleeping, no wall-clock asserts.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import errno
 import importlib.metadata
 import itertools
 import socket
+import struct
 import time
+import tracemalloc
 import types
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -39,17 +44,24 @@ from annopull._errors import (
     TruncatedBodyError,
 )
 from annopull._pipeline.buffers import Spool
-from annopull._transport.http import RateLimiter, Transport, parse_retry_after
+from annopull._transport.flow import RetryBudgetExhaustedError
+from annopull._transport.http import Transport, parse_retry_after
 from annopull._version import installed_version
 from annopull.testing import FakeKognic, Fault, KognicProject
 from annopull.testing.faults import start_app
+from test_flow import VirtualClock
 
 pytestmark = pytest.mark.anyio
 
 
-def _engine(*, read_timeout: float = 2.0, **retry: Any) -> EngineConfig:
+def _engine(*, read_timeout: float = 2.0, engine: Any = None, **retry: Any) -> EngineConfig:
     policy = {"max_attempts": 4, "backoff_base": 0.01, "backoff_max": 0.05, **retry}
-    return EngineConfig(retry=RetryPolicy(**policy), read_timeout=read_timeout, connect_timeout=2.0)
+    return EngineConfig(
+        retry=RetryPolicy(**policy),
+        read_timeout=read_timeout,
+        connect_timeout=2.0,
+        **(engine or {}),
+    )
 
 
 def _free_port() -> int:
@@ -61,19 +73,27 @@ def _free_port() -> int:
 
 
 class Scripted:
-    """A loopback server answering each request with the next scripted handler."""
+    """A loopback server answering each request with the next scripted handler.
 
-    def __init__(self, *answers: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    It notes each request's time on ``clock`` (the transport's virtual clock) if given.
+    """
+
+    def __init__(
+        self,
+        *answers: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        clock: VirtualClock | None = None,
+    ):
         self.answers = list(answers)
         self.requests: list[web.Request] = []
         self.bodies: list[bytes] = []
         self.times: list[float] = []
         self.url = ""
+        self.clock = clock
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request)
         self.bodies.append(await request.read())
-        self.times.append(time.monotonic())
+        self.times.append(self.clock.now() if self.clock is not None else time.monotonic())
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         return await answer(request)
 
@@ -91,8 +111,8 @@ def status(code: int, body: Any = None, **headers: str) -> Any:
 async def serve() -> AsyncIterator[Callable[..., Awaitable[Scripted]]]:
     runners: list[web.AppRunner] = []
 
-    async def start(*answers: Any) -> Scripted:
-        scripted = Scripted(*answers)
+    async def start(*answers: Any, clock: VirtualClock | None = None) -> Scripted:
+        scripted = Scripted(*answers, clock=clock)
         runner, url = await start_app(
             [web.route("*", "/{tail:.*}", scripted.handle)], host="127.0.0.1"
         )
@@ -149,6 +169,7 @@ class StaticAuth:
     [
         pytest.param(lambda: "7", 7.0, 7.0, id="seconds"),
         pytest.param(lambda: " 0 ", 0.0, 0.0, id="zero-padded"),
+        pytest.param(lambda: "0.25", 0.25, 0.25, id="fraction"),
         pytest.param(
             lambda: email.utils.formatdate(time.time() + 30, usegmt=True), 28.0, 30.0, id="date"
         ),
@@ -162,35 +183,35 @@ def test_parse_retry_after(header: Callable[[], str], low: float, high: float) -
     assert low <= value <= high
 
 
-@pytest.mark.parametrize("header", [None, "", "soon", "-3", "1.5e3"])
+@pytest.mark.parametrize("header", [None, "", "soon", "-3", "1.5e3", "1.", ".5"])
 def test_parse_retry_after_rejects_garbage(header: str | None) -> None:
     """A missing or unparseable Retry-After yields None (fall back to backoff)."""
     assert parse_retry_after(header) is None
 
 
-async def test_rate_limiter_spaces_calls() -> None:
-    """At 20/s, eleven calls span at least half a second with no two closer than ~50 ms."""
-    limiter = RateLimiter(20)
-    stamps = []
-    for _ in range(11):
-        await limiter.wait()
-        stamps.append(anyio.current_time())
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert stamps[-1] - stamps[0] >= 0.49
-    assert min(gaps) >= 0.045
-
-
-async def test_rate_limit_spaces_concurrent_requests(serve: Any) -> None:
-    """Concurrent requests through a rate-limited transport reach the server spaced out."""
-    server = await serve(status(200, {"ok": True}))
-    engine = EngineConfig(rate_limit=25, concurrency=8)
-    async with Transport(engine=engine) as transport, anyio.create_task_group() as tg:
-        for _ in range(8):
-            tg.start_soon(transport.request_json, "GET", server.url + "/x")
-    times = sorted(server.times)
-    assert len(times) == 8
-    assert times[-1] - times[0] >= 7 / 25 - 0.02
-    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.03
+async def test_rate_limit_spaces_requests_per_host(serve: Any) -> None:
+    """At 25/s per host, the k-th request reaches each server no sooner than k/25 s in."""
+    clock = VirtualClock()
+    servers = [
+        await serve(status(200, {"ok": True}), clock=clock),
+        await serve(status(200, {"ok": True}), clock=clock),
+    ]
+    engine = _engine(engine={"rate_limit": 25, "concurrency": 8})
+    async with (
+        clock.autojump(),
+        Transport(engine=engine, clock=clock) as transport,
+        anyio.create_task_group() as tg,
+    ):
+        for server in servers:
+            for _ in range(8):
+                tg.start_soon(transport.request_json, "GET", server.url + "/x")
+    for server in servers:
+        times = sorted(server.times)
+        assert len(times) == 8
+        # Each request arrives after its start, so the k-th arrival is after the k-th start.
+        assert all(t >= k / 25 - 1e-9 for k, t in enumerate(times))
+    # The hosts were limited apart: eight each, not sixteen in one line.
+    assert clock.now() < 15 / 25
 
 
 # -- request_json ------------------------------------------------------------------------
@@ -198,18 +219,22 @@ async def test_rate_limit_spaces_concurrent_requests(serve: Any) -> None:
 
 async def test_retry_after_honoured_and_capped(serve: Any) -> None:
     """Retry-After is waited out, but never longer than retry_after_max."""
-    server = await serve(status(429, {}, **{"Retry-After": "1"}), status(200, {"n": 1}))
-    async with Transport(engine=_engine()) as transport:
-        start = time.monotonic()
+    clock = VirtualClock()
+    server = await serve(
+        status(429, {}, **{"Retry-After": "1"}), status(200, {"n": 1}), clock=clock
+    )
+    async with clock.autojump(), Transport(engine=_engine(), clock=clock) as transport:
         assert await transport.request_json("GET", server.url + "/a") == {"n": 1}
-        waited = time.monotonic() - start
-    assert waited >= 0.95
+    assert server.times[1] - server.times[0] == pytest.approx(1.0)
 
-    server = await serve(status(503, {}, **{"Retry-After": "3600"}), status(200, {"n": 2}))
-    async with Transport(engine=_engine(retry_after_max=0.1)) as transport:
-        start = time.monotonic()
+    clock = VirtualClock()
+    server = await serve(
+        status(503, {}, **{"Retry-After": "3600"}), status(200, {"n": 2}), clock=clock
+    )
+    engine = _engine(retry_after_max=0.1)
+    async with clock.autojump(), Transport(engine=engine, clock=clock) as transport:
         assert await transport.request_json("GET", server.url + "/b") == {"n": 2}
-        assert time.monotonic() - start < 1.0
+    assert server.times[1] - server.times[0] == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize(
@@ -646,16 +671,17 @@ async def test_every_lower_error_maps_to_its_cause(
     """Each aiohttp/OS failure, retried until attempts run out, is raised as its cause class."""
     raised: list[Exception] = []
 
-    async def once() -> None:
-        raised.append(make())
-        raise raised[-1]
+    async def request() -> None:
+        url = "http://127.0.0.1:9/o/x?sig=s3cret"
+        async for attempt in transport._attempts(item="scene-1"):
+            async with attempt.exchange(url):
+                raised.append(make())
+                raise raised[-1]
 
-    # _retrying needs no open session: the failure is scripted, nothing is sent.
+    # The attempts loop needs no open session: the failure is scripted, nothing is sent.
     transport = Transport(engine=_engine(max_attempts=2))
     with pytest.raises(TransferError) as info:
-        await transport._retrying(
-            once, url=lambda: "http://127.0.0.1:9/o/x?sig=s3cret", item="scene-1"
-        )
+        await request()
     err = info.value
     assert type(err) is cause
     assert err.__cause__ is raised[-1]
@@ -675,15 +701,18 @@ async def test_a_bug_is_not_translated_or_retried() -> None:
     """An exception that is no transport failure (a bug) escapes as itself on the first try."""
     calls = 0
 
-    async def once() -> None:
+    async def request() -> None:
         nonlocal calls
-        calls += 1
-        raise KeyError("a bug")
+        async for attempt in transport._attempts(item=None):
+            async with attempt.exchange("http://127.0.0.1:9/x"):
+                calls += 1
+                raise KeyError("a bug")
 
     transport = Transport(engine=_engine(max_attempts=3))
     with pytest.raises(KeyError, match="a bug"):
-        await transport._retrying(once, url=lambda: "http://127.0.0.1:9/x", item=None)
+        await request()
     assert calls == 1
+    assert transport.stats().hosts[0].in_flight == 0
 
 
 async def test_stall_before_answer_is_request_timeout_error(storage: Any) -> None:
@@ -751,3 +780,263 @@ async def test_persistent_503_from_storage_is_retryable_status_error(storage: An
             await transport.download(uri, Bytes(), item="scene-1")
     assert (info.value.status, info.value.attempts) == (503, 3)
     assert str(info.value).startswith("giving up: server answered 503 (item scene-1, HTTP 503")
+
+
+# -- flow control: pacing, the shared pause, the budget, the limit ---------------------------
+
+
+@pytest.mark.parametrize("code", [pytest.param(429, id="429"), pytest.param(503, id="503")])
+async def test_pacing_uses_no_attempts(serve: Any, code: int) -> None:
+    """Five answers asking to wait 50 ms, with max_attempts=2: waited out, then success."""
+    clock = VirtualClock()
+    paced = [status(code, {}, **{"Retry-After": "0.05"})] * 5
+    server = await serve(*paced, status(200, {"ok": True}), clock=clock)
+    engine = _engine(max_attempts=2)
+    async with clock.autojump(), Transport(engine=engine, clock=clock) as transport:
+        assert await transport.request_json("GET", server.url + "/p") == {"ok": True}
+        host = transport.stats().hosts[0]
+    gaps = [b - a for a, b in itertools.pairwise(server.times)]
+    assert gaps == [pytest.approx(0.05)] * 5
+    assert (host.paced, host.pauses, host.retries) == (5, 5, 0)
+    assert host.paused_s == pytest.approx(0.25)
+
+
+async def test_overload_without_retry_after_uses_attempts_and_shrinks_the_limit(
+    serve: Any,
+) -> None:
+    """A 429 with no Retry-After is a failed attempt; it halves the host's limit."""
+    server = await serve(status(429, {"message": "slow down"}))
+    async with Transport(engine=_engine(max_attempts=2, engine={"concurrency": 8})) as transport:
+        with pytest.raises(RetryableStatusError) as info:
+            await transport.request_json("GET", server.url + "/q")
+        host = transport.stats().hosts[0]
+    assert (info.value.status, info.value.attempts) == (429, 2)
+    # Two 429s, but the second was sent after the first cut: 8 -> 4 -> 2.
+    assert (host.limit, host.limit_min, host.retries) == (2, 2, 1)
+
+
+async def test_a_pause_holds_back_every_task_talking_to_the_host(serve: Any) -> None:
+    """One task's 429 + Retry-After: 2 keeps the other tasks' requests back until it ends."""
+    clock = VirtualClock()
+    paced = anyio.Event()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if request.path == "/first" and not paced.is_set():
+            paced.set()
+            return web.json_response({}, status=429, headers={"Retry-After": "2"})
+        return web.json_response({"path": request.path})
+
+    server = await serve(answer, clock=clock)
+    async with Transport(engine=_engine(), clock=clock) as transport:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(transport.request_json, "GET", server.url + "/first")
+            await paced.wait()
+            await anyio.wait_all_tasks_blocked()
+            assert transport.stats().paused_for == 2.0
+            for n in range(3):
+                tg.start_soon(transport.request_json, "GET", f"{server.url}/other{n}")
+            await anyio.wait_all_tasks_blocked()
+            # Nothing moves while the clock stands still: they all wait for the pause.
+            assert [r.path for r in server.requests] == ["/first"]
+            clock.advance(2.0)
+        host = transport.stats().hosts[0]
+    later = dict(zip((r.path for r in server.requests[1:]), server.times[1:], strict=True))
+    assert sorted(later) == ["/first", "/other0", "/other1", "/other2"]
+    assert all(t >= 2.0 for t in later.values())
+    assert (host.pauses, host.paced, host.retries) == (1, 1, 0)
+
+
+async def test_retry_budget_gives_the_host_up_and_then_fails_fast(serve: Any) -> None:
+    """Past the budget the host is given up: the error names it, later calls send nothing."""
+    dead = await serve(status(503, {"message": "down"}))
+    alive = await serve(status(200, {"ok": True}))
+    engine = _engine(max_attempts=10, retry_budget=0.0, retry_budget_floor=3)
+    async with Transport(engine=engine) as transport:
+        with pytest.raises(RetryBudgetExhaustedError) as info:
+            await transport.request_json("GET", dead.url + "/a?token=s3cret", item="page 1")
+        assert len(dead.requests) == 4
+        err = info.value
+        assert isinstance(err, TransferError)
+        assert (err.status, err.attempts, err.item) == (503, 4, "page 1")
+        assert str(err).startswith(
+            f"giving up on {dead.url}: retry budget exhausted: 3 retries for 4 requests "
+            "(at most 0% of requests plus 3); last: server answered 503"
+        )
+        assert "s3cret" not in str(err)
+        with anyio.fail_after(1), pytest.raises(RetryBudgetExhaustedError, match="giving up on"):
+            await transport.download(dead.url + "/o/x", Bytes(), item="scene-1")
+        assert len(dead.requests) == 4
+        # Other hosts are limited apart and go on.
+        assert await transport.request_json("GET", alive.url + "/b") == {"ok": True}
+        stats = transport.stats()
+    assert stats.budget_exhausted == f"{dead.url}: {err.reason.split(': ', 1)[1].split('; ')[0]}"
+    assert [h.gave_up is not None for h in stats.hosts] == [True, False]
+
+
+async def test_limit_grows_above_concurrency_while_answers_are_good(serve: Any) -> None:
+    """With more callers than the limit and good answers, it grows to max_concurrency."""
+    busy = [0, 0]  # now, most
+
+    async def answer(_request: web.Request) -> web.StreamResponse:
+        busy[0] += 1
+        busy[1] = max(busy)
+        await asyncio.sleep(0.002)
+        busy[0] -= 1
+        return web.json_response({})
+
+    server = await serve(answer)
+    engine = _engine(engine={"concurrency": 2, "max_concurrency": 6})
+    # A clock that stands still: every latency is 0, so none rises.
+    async with Transport(engine=engine, clock=VirtualClock()) as transport:
+
+        async def caller() -> None:
+            for _ in range(30):
+                await transport.request_json("GET", server.url + "/g")
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(caller)
+        host = transport.stats().hosts[0]
+    assert (host.limit, host.limit_max, host.limit_min) == (6, 6, 2)
+    assert busy[1] == 6
+
+
+# -- bounded API answers ---------------------------------------------------------------------
+
+
+def _gzip_bomb() -> bytes:
+    """About 1 MB of gzip that inflates to 1 GiB of zeros: a valid stream, built cheaply.
+
+    After a full flush the deflate state restarts, so every further MiB of zeros compresses
+    to the same block: the block is repeated instead of compressing a GiB.
+    """
+    mib = bytes(1 << 20)
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    head = packer.compress(mib) + packer.flush(zlib.Z_FULL_FLUSH)
+    block = packer.compress(mib) + packer.flush(zlib.Z_FULL_FLUSH)
+    end = packer.flush(zlib.Z_FINISH)[:-8]
+    crc = 0
+    for _ in range(1024):
+        crc = zlib.crc32(mib, crc)
+    return head + block * 1023 + end + struct.pack("<II", crc, (1 << 30) & 0xFFFFFFFF)
+
+
+def test_gzip_bomb_is_what_it_claims() -> None:
+    """The test's bomb is a gzip stream (its first 8 MiB inflated), about 1 MB long."""
+    bomb = _gzip_bomb()
+    assert len(bomb) < 1_100_000
+    start = zlib.decompressobj(31).decompress(bomb[:20_000], 8 << 20)
+    assert start == bytes(8 << 20)
+
+
+async def test_gzip_bomb_answer_is_refused_with_flat_memory(serve: Any) -> None:
+    """A 1 MB gzip answer inflating to 1 GiB stops at 64 MiB with a clear error, memory flat."""
+    bomb = _gzip_bomb()
+
+    async def answer(_request: web.Request) -> web.StreamResponse:
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        return web.Response(body=bomb, headers=headers)
+
+    server = await serve(answer)
+    async with Transport(engine=_engine()) as transport:
+        tracemalloc.start()
+        try:
+            with pytest.raises(InvalidResponseError) as info:
+                await transport.request_json("GET", server.url + "/status", item="export 7")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert str(info.value).startswith("answer larger than 64 MiB (item export 7, HTTP 200")
+    assert (info.value.attempts, len(server.requests)) == (1, 1)
+    # The cap and a few chunks, not the gigabyte.
+    assert peak < 96 << 20, peak
+
+
+async def test_answer_declared_too_large_is_refused_before_reading(serve: Any) -> None:
+    """A Content-Length past the cap is refused at the headers, without waiting for a body."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = (1 << 20) + 1
+        await response.prepare(request)
+        await response.write(b"[")
+        await asyncio.sleep(30)
+        return response
+
+    server = await serve(answer)
+    engine = _engine(engine={"max_answer_bytes": 1 << 20})
+    async with Transport(engine=engine) as transport:
+        with anyio.fail_after(5), pytest.raises(InvalidResponseError, match="larger than 1 MiB"):
+            await transport.request_json("GET", server.url + "/page")
+
+
+async def test_downloads_are_not_capped_by_max_answer_bytes(storage: Any) -> None:
+    """Storage downloads stream to their target whatever max_answer_bytes says."""
+    _fake, uri, content = storage
+    target = Bytes()
+    async with Transport(engine=_engine(engine={"max_answer_bytes": 1024})) as transport:
+        assert await transport.download(uri, target) == len(content) > 1024
+    assert bytes(target.data) == content
+
+
+# -- redirects of API calls ------------------------------------------------------------------
+
+
+def _redirect(code: int, location: str) -> Any:
+    async def answer(_request: web.Request) -> web.StreamResponse:
+        return web.Response(status=code, headers={"Location": location})
+
+    return answer
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+async def test_redirect_to_another_origin_is_refused(serve: Any, code: int) -> None:
+    """A redirect to another host:port is an ApiError naming only that host; it gets nothing."""
+    elsewhere = await serve(status(200, {"stolen": True}))
+    host = elsewhere.url.removeprefix("http://")
+    server = await serve(_redirect(code, elsewhere.url + "/steal?token=t0p"))
+    async with Transport(engine=_engine()) as transport:
+        with pytest.raises(ApiError) as info:
+            await transport.request_json("GET", server.url + "/a", auth=StaticAuth())
+    assert type(info.value) is ApiError
+    assert info.value.status == code
+    assert f"redirect to another host ({host})" in str(info.value)
+    assert "steal" not in str(info.value)
+    assert "t0p" not in str(info.value)
+    assert elsewhere.requests == []
+    assert len(server.requests) == 1
+
+
+async def test_same_origin_redirect_is_followed_with_its_credentials(serve: Any) -> None:
+    """A redirect within the origin is followed, keeping the Authorization header."""
+    server = await serve(_redirect(302, "/b?cursorId=2"), status(200, {"ok": True}))
+    async with Transport(engine=_engine(max_attempts=1)) as transport:
+        got = await transport.request_json(
+            "GET", server.url + "/a", auth=StaticAuth(), params={"x": "1"}
+        )
+    assert got == {"ok": True}
+    assert [r.path_qs for r in server.requests] == ["/a?x=1", "/b?cursorId=2"]
+    assert [r.headers["Authorization"] for r in server.requests] == ["Bearer t1"] * 2
+
+
+async def test_see_other_after_post_is_a_get_without_the_body(serve: Any) -> None:
+    """A 303 after a POST is followed with a GET, and the body is not sent again."""
+    server = await serve(_redirect(303, "/result"), status(200, {"done": 1}))
+    async with Transport(engine=_engine()) as transport:
+        assert await transport.request_json("POST", server.url + "/job", json={"a": 1}) == {
+            "done": 1
+        }
+    assert [(r.method, r.path) for r in server.requests] == [("POST", "/job"), ("GET", "/result")]
+    assert server.bodies == [b'{"a":1}', b""]
+
+
+async def test_redirects_refused_when_not_to_be_followed(serve: Any) -> None:
+    """follow_redirects=False refuses even a same-origin redirect, naming only its host."""
+    server = await serve(_redirect(307, "/elsewhere?secret=1"), status(200, {}))
+    host = server.url.removeprefix("http://")
+    async with Transport(engine=_engine()) as transport:
+        with pytest.raises(ApiError, match=f"answered a redirect to {host}, which is not"):
+            await transport.request_json(
+                "POST", server.url + "/t", form={"s": "x"}, follow_redirects=False
+            )
+    assert len(server.requests) == 1

@@ -72,12 +72,22 @@ class RetryPolicy:
         backoff_max: cap of one backoff sleep, in seconds.
         retry_after_max: cap on a server's ``Retry-After``, in seconds, so one bad header
             cannot park a nightly job for a day.
+        retry_budget: retries to one host may be at most this share of its requests (plus
+            ``retry_budget_floor``); past it the host is given up for the run, so a failing
+            platform ends the run instead of being retried ever harder. A 429 or 503 with
+            ``Retry-After`` is the server pacing us: it uses neither the budget nor an attempt.
+        retry_budget_floor: retries allowed to each host on top of the share.
+        host_wait_max: seconds a host may go without a good answer (failing, or pausing us
+            with ``Retry-After``) before it is given up for the run.
     """
 
     max_attempts: int = 8
     backoff_base: float = 0.5
     backoff_max: float = 60.0
     retry_after_max: float = 300.0
+    retry_budget: float = 0.2
+    retry_budget_floor: int = 20
+    host_wait_max: float = 300.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,24 +95,32 @@ class EngineConfig:
     """How hard annopull pushes: concurrency, timeouts, retries, rate limit, buffers.
 
     Args:
-        concurrency: content downloads in flight at once.
+        concurrency: content downloads in flight at once; also where each host's adaptive
+            concurrency limit starts.
+        max_concurrency: the most each host's limit may grow to while its answers are good
+            and their latency does not rise (it shrinks on 429, 503 and timeouts, never
+            below 1). A ``max_concurrency`` below ``concurrency`` counts as ``concurrency``.
         connect_timeout: seconds to open a connection.
         read_timeout: seconds without a single byte before a read is abandoned; catches a
             stalled body, not only a slow start.
         retry: the retry policy for every request.
-        rate_limit: requests per second across the whole client; ``0`` for no limit.
+        rate_limit: requests per second to each host; ``0`` for no limit.
         chunk_size: bytes read from the network per chunk.
+        max_answer_bytes: the largest API answer (listing page, job status, token) read,
+            counted after decompression; storage downloads are not capped by it.
         spool_memory: bytes of one downloaded item kept in memory before it spills to a
             temporary file; with ``concurrency`` this bounds the memory of a pull.
         compress_level: zlib level for zip entries (0 stores them uncompressed).
     """
 
     concurrency: int = 32
+    max_concurrency: int = 256
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rate_limit: float = 0.0
     chunk_size: int = 256 * 1024
+    max_answer_bytes: int = 64 * 1024 * 1024
     spool_memory: int = 4 * 1024 * 1024
     compress_level: int = 6
 
@@ -269,6 +287,18 @@ def _validated(section: Any) -> Any:
             raise ConfigError(f"concurrency must be at least 1, got {section.concurrency}")
         if section.retry.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
+        if section.max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be at least 1, got {section.max_concurrency}")
+        if section.max_answer_bytes < 1024:
+            raise ConfigError(
+                f"max_answer_bytes must be at least 1024, got {section.max_answer_bytes}"
+            )
+        if section.retry.retry_budget < 0 or section.retry.retry_budget_floor < 0:
+            raise ConfigError("retry_budget and retry_budget_floor must not be negative")
+        if not section.retry.host_wait_max > 0:
+            raise ConfigError(
+                f"host_wait_max must be more than 0, got {section.retry.host_wait_max}"
+            )
         if not 0 <= section.compress_level <= 9:
             raise ConfigError(f"compress_level must be 0..9, got {section.compress_level}")
         if section.chunk_size < 1024:

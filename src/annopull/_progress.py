@@ -7,14 +7,18 @@ plain line every few seconds when stderr is a file or a pipe (cron logs, CI).
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from typing import IO, Any, Protocol
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
@@ -22,8 +26,12 @@ from rich.progress import (
 from rich.progress import (
     Progress as RichProgress,
 )
+from rich.text import Text
 
-__all__ = ["NullProgress", "Progress", "TerminalProgress", "format_bytes"]
+if TYPE_CHECKING:
+    from annopull._transport.flow import TransferStats
+
+__all__ = ["NullProgress", "Progress", "TerminalProgress", "describe_transfer", "format_bytes"]
 
 
 class Progress(Protocol):
@@ -85,11 +93,44 @@ def format_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+def describe_transfer(stats: TransferStats) -> str:
+    """Flow control in a few words: ``'limit 48, paused 3 s, 12 retries'``.
+
+    The limit is the busiest host's (the one most requests went to, storage in a bulk pull);
+    a pause shows while one lasts, with the seconds it has left; a host given up is named.
+    """
+    parts = []
+    busiest = stats.busiest()
+    if busiest is not None:
+        parts.append(f"limit {busiest.limit}")
+    paused = stats.paused_for
+    if paused > 0:
+        parts.append(f"paused {math.ceil(paused)} s")
+    if stats.retries:
+        parts.append(f"{stats.retries} retr{'y' if stats.retries == 1 else 'ies'}")
+    given_up = [h.host for h in stats.hosts if h.gave_up]
+    if given_up:
+        parts.append(f"gave up on {', '.join(given_up)}")
+    return ", ".join(parts)
+
+
+class _TransferColumn(ProgressColumn):
+    """Flow control, read at each redraw: a pause counts down while no bytes arrive."""
+
+    def __init__(self, text: Callable[[], str]) -> None:
+        super().__init__()
+        self._text = text
+
+    def render(self, task: Task) -> Text:
+        return Text(self._text())
+
+
 class TerminalProgress:
     """Live progress on stderr: a rich bar on a terminal, periodic plain lines elsewhere.
 
     Use as a context manager around the job. Counts items (done, skipped, failed), bytes,
-    rate and, once the listing is complete, the ETA.
+    rate and, once the listing is complete, the ETA; with :meth:`watch`, also the
+    transport's flow control (the concurrency limit, a pause, retries).
 
     Args:
         label: what the job is, shown at the left.
@@ -114,6 +155,16 @@ class TerminalProgress:
         self._last_line = self._started
         self._rich: RichProgress | None = None
         self._task: TaskID | None = None
+        self._transfer: Callable[[], TransferStats] | None = None
+
+    def watch(self, transfer: Callable[[], TransferStats]) -> None:
+        """Show flow control in the line, e.g. ``limit 48, paused 3 s, 12 retries``.
+
+        Args:
+            transfer: returns the current stats, e.g. ``client.transport.stats``; called at
+                each redraw, from the display's thread too.
+        """
+        self._transfer = transfer
 
     def __enter__(self) -> TerminalProgress:
         if self._live:
@@ -125,6 +176,7 @@ class TerminalProgress:
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[extra]}"),
+                _TransferColumn(self._transfer_text),
                 console=Console(file=self._stream),
                 transient=False,
                 refresh_per_second=5,
@@ -211,7 +263,16 @@ class TerminalProgress:
         rate = f"{format_bytes(self.byte_count / elapsed)}/s"
         return "  ".join(f for f in (items, size, rate) if f)
 
+    def _transfer_text(self) -> str:
+        return describe_transfer(self._transfer()) if self._transfer is not None else ""
+
     def _plain_line(self, now: float) -> str:
         elapsed = now - self._started
-        fields = [self._label, self._counts(now), f"{elapsed:.0f}s", self._extra()]
+        fields = [
+            self._label,
+            self._counts(now),
+            f"{elapsed:.0f}s",
+            self._extra(),
+            self._transfer_text(),
+        ]
         return " | ".join(f for f in fields if f)

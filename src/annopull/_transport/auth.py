@@ -7,7 +7,7 @@ import logging
 import anyio
 
 from annopull._config import KognicCredentials, Secret
-from annopull._errors import AnnopullError, AuthError
+from annopull._errors import AnnopullError, ApiError, AuthError
 from annopull._transport.http import Transport
 
 __all__ = ["ApiKeyAuth", "KognicTokenManager"]
@@ -66,7 +66,20 @@ class KognicTokenManager:
             "client_secret": self._credentials.client_secret.reveal(),
         }
         try:
-            body = await self._transport.request_json("POST", self._url, form=form)
+            # No redirects: aiohttp would replay the form, client secret and all, to the
+            # redirect's target (307/308), wherever it is.
+            body = await self._transport.request_json(
+                "POST", self._url, form=form, follow_redirects=False
+            )
+        except ApiError as exc:
+            if exc.status is None or not 300 <= exc.status < 400:
+                raise
+            raise AuthError(
+                f"Kognic's token endpoint {exc.reason}: the client credentials are sent to "
+                f"the auth host only (check [kognic] auth_url)",
+                url=self._url,
+                status=exc.status,
+            ) from None
         except AuthError as exc:
             raise AuthError(
                 f"Kognic refused the client credentials of client id "
