@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import shlex
 import sys
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 
 from annopull._client import Client
@@ -25,7 +27,7 @@ from annopull._errors import (
 from annopull._pipeline.pull import PullReport
 from annopull._progress import NullProgress, Progress, TerminalProgress, format_bytes
 from annopull._redact import redact
-from annopull._sinks import Sink
+from annopull._sinks import Sink, sink_for
 
 __all__ = [
     "EXIT_FAILED",
@@ -205,3 +207,36 @@ def hint_resume(sink: Sink, argv: list[str]) -> None:
             f"what arrived is kept in {sink.description}; continue with: annopull {command}{resume}"
         )
     print(f"annopull: {hint}", file=sys.stderr, flush=True)
+
+
+def output_sink(output: str, ctx: Context) -> Sink:
+    """The sink ``-o`` names; a zip is never written to a terminal."""
+    if output == "-" and sys.stdout.isatty():
+        raise ConfigError("refusing to write a zip to a terminal: redirect stdout, or use -o FILE")
+    return sink_for(output, compress_level=ctx.config.engine.compress_level)
+
+
+#: What a pulling command runs inside :func:`run_pull`: the pull itself.
+Pull = Callable[[Client, Progress], Awaitable[PullReport]]
+
+
+async def run_pull(
+    ctx: Context, sink: Sink, pull: Pull, *, label: str, noun: str, summary: Path | None
+) -> int:
+    """Run ``pull`` with a client and a progress display; print and write its summary.
+
+    A stop signal prints how to continue; exit 0 when every item arrived, 1 when some failed.
+    """
+    progress = make_progress(ctx, label)
+    try:
+        async with ctx.client() as client:
+            # The pull's first step makes the source, which checks its credentials before
+            # any display starts.
+            with progress if progress is not None else contextlib.nullcontext():
+                report = await pull(client, progress_or_null(progress))
+    except anyio.get_cancelled_exc_class():
+        hint_resume(sink, sys.argv)
+        raise
+    write_summary(summary, report.to_dict())
+    print_summary(report, noun=noun)
+    return EXIT_OK if report.ok else EXIT_FAILED

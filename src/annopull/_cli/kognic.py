@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
-
-from annopull._cli.common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    Context,
-    add_engine_options,
-    hint_resume,
-    make_progress,
-    print_summary,
-    progress_or_null,
-    write_summary,
-)
+from annopull._cli.common import Context, add_engine_options, output_sink, run_pull
+from annopull._client import Client
 from annopull._errors import ConfigError
-from annopull._pipeline.pull import Selection, parse_shard, parse_time
-from annopull._sinks import sink_for
+from annopull._pipeline.pull import PullReport, Selection, parse_shard, parse_time
+from annopull._progress import Progress
 
 __all__ = ["register"]
 
@@ -115,33 +102,26 @@ def _shard(text: str) -> tuple[int, int]:
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     """Run the pull; exit 0 when every item arrived, 1 when some failed."""
-    if args.output == "-" and sys.stdout.isatty():
-        raise ConfigError("refusing to write a zip to a terminal: redirect stdout, or use -o FILE")
-    sink = sink_for(args.output, compress_level=ctx.config.engine.compress_level)
+    sink = output_sink(args.output, ctx)
     if args.skip_existing is not None:
         _check_not_replaced(args.skip_existing, args.output)
     selection = Selection(since=args.since, skip_existing=args.skip_existing, shard=args.shard)
-    progress = make_progress(ctx, f"kognic {args.project}/{args.annotation_type}")
-    try:
-        async with ctx.client() as client:
-            kognic = client.kognic  # credentials are checked before any display starts
-            with progress if progress is not None else contextlib.nullcontext():
-                report = await kognic.download(
-                    args.project,
-                    args.annotation_type,
-                    batch=args.batch,
-                    sink=sink,
-                    selection=selection,
-                    resume=args.resume,
-                    cartesian=args.cartesian,
-                    progress=progress_or_null(progress),
-                )
-    except anyio.get_cancelled_exc_class():
-        hint_resume(sink, sys.argv)
-        raise
-    write_summary(args.summary, report.to_dict())
-    print_summary(report, noun="annotations")
-    return EXIT_OK if report.ok else EXIT_FAILED
+
+    async def pull(client: Client, progress: Progress) -> PullReport:
+        kognic = client.kognic  # credentials are checked before any display starts
+        return await kognic.download(
+            args.project,
+            args.annotation_type,
+            batch=args.batch,
+            sink=sink,
+            selection=selection,
+            resume=args.resume,
+            cartesian=args.cartesian,
+            progress=progress,
+        )
+
+    label = f"kognic {args.project}/{args.annotation_type}"
+    return await run_pull(ctx, sink, pull, label=label, noun="annotations", summary=args.summary)
 
 
 def _check_not_replaced(previous: Path, output: str) -> None:

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import sys
 from typing import Any
 
 import anyio
 
-from annopull._cli.common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    Context,
-    add_engine_options,
-    hint_resume,
-    make_progress,
-    print_summary,
-    progress_or_null,
-    write_summary,
-)
-from annopull._errors import ConfigError
-from annopull._pipeline.pull import Selection, parse_shard
-from annopull._sinks import sink_for
+from annopull._cli.common import Context, add_engine_options, output_sink, run_pull
+from annopull._client import Client
+from annopull._pipeline.pull import PullReport, Selection, parse_shard
+from annopull._progress import Progress
 from annopull._sources.urls import UrlSource, read_url_list
 
 __all__ = ["register"]
@@ -99,25 +87,16 @@ def _shard(text: str) -> tuple[int, int]:
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     """Fetch the list; exit 0 when every URL arrived, 1 when some failed."""
-    if args.output == "-" and sys.stdout.isatty():
-        raise ConfigError("refusing to write a zip to a terminal: redirect stdout, or use -o FILE")
-    sink = sink_for(args.output, compress_level=ctx.config.engine.compress_level)
+    sink = output_sink(args.output, ctx)
     # Checked whole before any output exists or anything is fetched.
     urls = await anyio.to_thread.run_sync(read_url_list, args.list, abandon_on_cancel=True)
-    progress = make_progress(ctx, f"urls {urls.origin}")
-    try:
-        async with ctx.client() as client:
-            source = UrlSource(transport=client.transport, urls=urls)
-            with progress if progress is not None else contextlib.nullcontext():
-                report = await source.download(
-                    sink=sink,
-                    selection=Selection(shard=args.shard),
-                    resume=args.resume,
-                    progress=progress_or_null(progress),
-                )
-    except anyio.get_cancelled_exc_class():
-        hint_resume(sink, sys.argv)
-        raise
-    write_summary(args.summary, report.to_dict())
-    print_summary(report, noun="files")
-    return EXIT_OK if report.ok else EXIT_FAILED
+
+    async def pull(client: Client, progress: Progress) -> PullReport:
+        source = UrlSource(transport=client.transport, urls=urls)
+        return await source.download(
+            sink=sink, selection=Selection(shard=args.shard), resume=args.resume, progress=progress
+        )
+
+    return await run_pull(
+        ctx, sink, pull, label=f"urls {urls.origin}", noun="files", summary=args.summary
+    )
