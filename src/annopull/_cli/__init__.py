@@ -108,8 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code == EXIT_INTERRUPTED:
         # What arrived is kept and the hint printed: a repeated Ctrl-C while the interpreter
         # shuts down must not turn exit 130 into death by signal.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _ignore_stop_signals()
     return code
 
 
@@ -190,7 +189,18 @@ async def _with_signals(args: argparse.Namespace, ctx: Context) -> int:
 
             tg.start_soon(watch)
             tg.start_soon(command)
+    if code == EXIT_INTERRUPTED:
+        # Leaving the receiver put the default handlers back: a repeated Ctrl-C from now on
+        # would raise KeyboardInterrupt into the loop's shutdown and print "interrupted"
+        # (or a traceback) after the resume hint. What arrived is kept; nothing is left to
+        # stop.
+        _ignore_stop_signals()
     return code
+
+
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _with_flag_hint(exc: AnnopullError) -> str:
