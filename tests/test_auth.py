@@ -146,6 +146,21 @@ async def test_token_answer_without_access_token(answering: Any) -> None:
     }
 
 
+@pytest.mark.parametrize("expires_in", ["soon", -5, 0, "nan", [1]])
+async def test_token_answer_with_an_unusable_lifetime_is_an_auth_error(
+    answering: Any, expires_in: object
+) -> None:
+    """expires_in that is not a positive number is one AuthError (exit 2), not a ValueError."""
+    server = await answering(200, {"access_token": "tok-123456789", "expires_in": expires_in})
+    credentials = KognicCredentials(client_id="id", client_secret=Secret("sec"))
+    async with Transport(engine=_engine()) as transport:
+        tokens = KognicTokenManager(
+            transport=transport, auth_url=server.url, credentials=credentials
+        )
+        with pytest.raises(AuthError, match="unusable expires_in"):
+            await tokens.authorization()
+
+
 # -- AnnoLab API key -----------------------------------------------------------------------
 
 

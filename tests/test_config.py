@@ -76,6 +76,14 @@ rate_limit = 1
     assert config.engine.retry.backoff_max == RetryPolicy().backoff_max
 
 
+def test_config_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    """A config file in another encoding is a ConfigError saying so, not a traceback."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("[kognic]\napi_url = 'https://k\u00e4.example'\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path, env={})
+
+
 @pytest.mark.parametrize(
     ("text", "env", "words"),
     [
@@ -100,9 +108,17 @@ rate_limit = 1
         pytest.param("[engine]\nread_timeout = false\n", {}, "expected float", id="bool-for-float"),
         pytest.param("[kognic]\napi_url = 3\n", {}, "expected str, got 3", id="int-for-str"),
         pytest.param("", {"ANNOPULL_ENGINE_READ_TIMEOUT": "soon"}, "expected float", id="env-type"),
+        pytest.param("[engine]\nconcurrency = 0\n", {}, "concurrency must be 1..1024", id="zero"),
         pytest.param(
-            "[engine]\nconcurrency = 0\n", {}, "concurrency must be at least 1", id="zero"
+            "[engine]\nconcurrency = 100000\n", {}, "concurrency must be 1..1024", id="too-many"
         ),
+        pytest.param("[engine]\nread_timeout = 0\n", {}, "more than 0", id="no-stall-check"),
+        pytest.param("[annolab]\npoll_interval = 0\n", {}, "more than 0", id="poll-zero"),
+        pytest.param("[annolab]\npoll_backoff = 0.5\n", {}, "at least 1", id="shrinking-poll"),
+        pytest.param("[engine]\nconnect_timeout = nan\n", {}, "finite", id="nan"),
+        pytest.param("[engine]\nbackoff_max = inf\n", {}, "finite", id="inf-in-retry"),
+        pytest.param("", {"ANNOPULL_ENGINE_READ_TIMEOUT": "nan"}, "finite", id="env-nan"),
+        pytest.param("engine = 5\n", {}, "must be a [engine] table", id="section-not-table"),
         pytest.param("[engine]\nread_timeout = -1\n", {}, "must not be negative", id="negative"),
         pytest.param(
             "[engine]\nmax_attempts = 0\n", {}, "max_attempts must be at least 1", id="attempts"

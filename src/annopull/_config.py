@@ -9,6 +9,7 @@ clients find them, and are held in :class:`Secret` so that no repr or log shows 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 import tomllib
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 
 from annopull._errors import ConfigError
+from annopull._redact import register_secret
 
 __all__ = [
     "AnnoLabConfig",
@@ -45,6 +47,8 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        # Masked wherever it might be echoed back: an error body quoting the form it got.
+        register_secret(value)
 
     def reveal(self) -> str:
         """Return the secret itself, for the one place that must send it."""
@@ -206,6 +210,10 @@ def load_config(
         for section, values in layer.items():
             if section not in _SECTIONS:
                 raise ConfigError(f"unknown section [{section}] in {origin}")
+            if not isinstance(values, Mapping):
+                raise ConfigError(
+                    f"{section} in {origin} must be a [{section}] table of settings, got {values!r}"
+                )
             for key, value in values.items():
                 if value is not None:
                     merged[section][key] = (origin, value)
@@ -218,6 +226,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text (TOML must be)") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
 
@@ -275,16 +285,41 @@ def _coerce(spec: dataclasses.Field[Any], raw: Any, where: str) -> Any:
     raise AssertionError(f"unhandled setting type {kind}")  # pragma: no cover
 
 
+#: Settings where 0 passes "not negative" but breaks things: a 0 s read timeout turns
+#: stall detection off, a 0 s poll interval polls hundreds of times a second.
+_MORE_THAN_ZERO = frozenset(
+    {
+        "connect_timeout",
+        "read_timeout",
+        "poll_interval",
+        "poll_max_interval",
+        "poll_timeout",
+        "spool_memory",
+    }
+)
+#: The most downloads in flight a run may ask for; more only queue in the kernel.
+MAX_CONCURRENCY = 1024
+
+
 def _validated(section: Any) -> Any:
     for spec in dataclasses.fields(section):
         value = getattr(section, spec.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{spec.name} must be a finite number, got {value}")
         if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"{spec.name} must not be negative, got {value}")
+        if spec.name in _MORE_THAN_ZERO and not value > 0:
+            raise ConfigError(f"{spec.name} must be more than 0, got {value}")
         if spec.name.endswith("_url") and not str(value).startswith(("http://", "https://")):
             raise ConfigError(f"{spec.name} must be an http(s) URL, got {value!r}")
+    if isinstance(section, AnnoLabConfig) and section.poll_backoff < 1:
+        raise ConfigError(f"poll_backoff must be at least 1, got {section.poll_backoff}")
     if isinstance(section, EngineConfig):
-        if section.concurrency < 1:
-            raise ConfigError(f"concurrency must be at least 1, got {section.concurrency}")
+        _validated(section.retry)
+        if not 1 <= section.concurrency <= MAX_CONCURRENCY:
+            raise ConfigError(
+                f"concurrency must be 1..{MAX_CONCURRENCY}, got {section.concurrency}"
+            )
         if section.retry.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
         if section.max_concurrency < 1:

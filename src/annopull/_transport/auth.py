@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import anyio
 
 from annopull._config import KognicCredentials, Secret
-from annopull._errors import AnnopullError, ApiError, AuthError
+from annopull._errors import ApiError, AuthError
+from annopull._redact import register_secret
 from annopull._transport.http import Transport
 
 __all__ = ["ApiKeyAuth", "KognicTokenManager"]
@@ -89,12 +91,29 @@ class KognicTokenManager:
             ) from None
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
-            raise AnnopullError("Kognic's token answer holds no access_token", url=self._url)
-        lifetime = float(body.get("expires_in") or 3600)
+            raise AuthError("Kognic's token answer holds no access_token", url=self._url)
+        lifetime = _lifetime(body.get("expires_in"), url=self._url)
+        register_secret(token)
+        register_secret(body.get("refresh_token"))
         self._header = f"Bearer {token}"
         self._refresh_at = anyio.current_time() + max(lifetime - REFRESH_MARGIN, lifetime / 2)
         self.fetches += 1
         _log.info("fetched a Kognic access token, valid for %.0fs", lifetime)
+
+
+def _lifetime(expires_in: object, *, url: str) -> float:
+    """Seconds a token lives: ``expires_in``, an hour when absent; anything else is refused."""
+    if expires_in is None or expires_in == "":
+        return 3600.0
+    try:
+        lifetime = float(expires_in)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        lifetime = math.nan
+    if not math.isfinite(lifetime) or lifetime <= 0:
+        raise AuthError(
+            f"Kognic's token answer has an unusable expires_in {str(expires_in)[:40]!r}", url=url
+        )
+    return lifetime
 
 
 class ApiKeyAuth:
