@@ -30,7 +30,7 @@ from aiohttp import web
 
 from annopull._client import Client
 from annopull._config import Config, EngineConfig, KognicConfig, RetryPolicy, load_config
-from annopull._errors import ConfigError
+from annopull._errors import ConfigError, RetryBudgetExhaustedError
 from annopull._progress import TerminalProgress, describe_transfer
 from annopull._sinks import ZipSink
 from annopull._transport.flow import (
@@ -647,27 +647,26 @@ async def test_rate_limited_faulty_pull_loses_nothing_over_seeds(tmp_path: Path,
 
 
 async def test_pull_from_a_dead_store_ends_in_bounded_time(tmp_path: Path) -> None:
-    """A store answering 503 forever ends the pull soon: every item failed, the budget named."""
+    """A store answering 503 forever stops the pull soon, resumable, the budget named."""
     project = KognicProject(project="P", annotation_types=("T",), count=400, content_size=500)
     retry = RetryPolicy(max_attempts=8, backoff_base=0.01, backoff_max=0.05)
     async with FakeKognic(projects=[project]) as fake:
         fake.faults.add(Fault(target="content", status=503, times=10**9))
         with anyio.fail_after(20):
             async with _client(fake, concurrency=16, retry=retry) as client:
-                report = await client.kognic.download("P", "T", sink=ZipSink(tmp_path / "o.zip"))
+                with pytest.raises(RetryBudgetExhaustedError) as stopped:
+                    await client.kognic.download("P", "T", sink=ZipSink(tmp_path / "o.zip"))
                 stats = client.transport.stats()
         storage = origin_of(fake.storage_url)
         requests = sum(fake.stats.content_requests.values())
-    assert (report.downloaded, len(report.failures)) == (0, 400)
-    for failure in report.failures:
-        assert f"giving up on {storage}: retry budget exhausted" in failure.reason
+    assert f"giving up on {storage}: retry budget exhausted" in str(stopped.value)
     # The budget bounded the requests: without it, 400 items x 8 attempts.
     assert requests < 100
     assert stats.budget_exhausted is not None
     assert stats.budget_exhausted.startswith(f"{storage}: retry budget exhausted")
-    summary = dataclasses.replace(report, transfer=stats).to_dict()
-    assert summary["budget_exhausted"] == stats.budget_exhausted
-    assert summary["hosts"][storage]["gave_up"].startswith("retry budget exhausted")
+    assert stats.to_dict()["hosts"][storage]["gave_up"].startswith("retry budget exhausted")
+    # Stopped, not finished with holes: the unfinished zip and its journal wait for a resume.
+    assert _names(tmp_path) == ["o.zip.journal", "o.zip.part"]
 
 
 async def test_pull_paced_forever_ends_after_host_wait_max(tmp_path: Path) -> None:
@@ -679,15 +678,18 @@ async def test_pull_paced_forever_ends_after_host_wait_max(tmp_path: Path) -> No
         started = time.monotonic()
         with anyio.fail_after(20):
             async with _client(fake, concurrency=8, retry=retry) as client:
-                report = await client.kognic.download("P", "T", sink=ZipSink(tmp_path / "o.zip"))
+                with pytest.raises(RetryBudgetExhaustedError) as stopped:
+                    await client.kognic.download("P", "T", sink=ZipSink(tmp_path / "o.zip"))
                 stats = client.transport.stats()
         took = time.monotonic() - started
-    assert (report.downloaded, len(report.failures)) == (0, 50)
-    for failure in report.failures:
-        assert "no good answer for 2.5 s (host_wait_max)" in failure.reason
-        # Paced, not failed: the items' own attempts were never used.
-        assert failure.attempts is None
+    assert "no good answer for 2.5 s (host_wait_max)" in str(stopped.value)
+    # Paced, not failed: the item's own attempts were never used.
+    assert stopped.value.attempts is None
     assert stats.budget_exhausted is not None
     assert stats.budget_exhausted.endswith("no good answer for 2.5 s (host_wait_max)")
     assert stats.retries == 0
     assert took < 10  # about host_wait_max, not 50 items x attempts x pauses
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())

@@ -191,3 +191,11 @@ async def test_workers_start_as_items_arrive_not_up_front() -> None:
     assert sorted(got) == [0, 1, 2, 3, 4]
     # The test's own task, the producer and at most one worker per item.
     assert peak_tasks <= 2 + 5 + 1
+
+
+def test_sole_error_unwraps_several_errors_of_one_kind_to_the_first() -> None:
+    """Tasks failing alike before the cancel reaches them surface as one error, the first."""
+    first, second = NetworkError("a"), NetworkError("b")
+    with pytest.raises(NetworkError) as raised, sole_error():
+        raise BaseExceptionGroup("two", [first, BaseExceptionGroup("inner", [second])])
+    assert raised.value is first

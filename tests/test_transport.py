@@ -40,11 +40,11 @@ from annopull._errors import (
     NotFoundError,
     RequestTimeoutError,
     RetryableStatusError,
+    RetryBudgetExhaustedError,
     TransferError,
     TruncatedBodyError,
 )
 from annopull._pipeline.buffers import Spool
-from annopull._transport.flow import RetryBudgetExhaustedError
 from annopull._transport.http import Transport, parse_retry_after
 from annopull._version import installed_version
 from annopull.testing import FakeKognic, Fault, KognicProject

@@ -12,6 +12,7 @@
     │   ├── NetworkError (ConnectionError)         refused, reset, DNS, server disconnected
     │   ├── TruncatedBodyError                     body cut short, Content-Length mismatch
     │   ├── RetryableStatusError                   408/429/5xx until the attempts ran out
+    │   ├── RetryBudgetExhaustedError              a host given up for the run (retry budget)
     │   └── InvalidResponseError                   an answer that cannot be parsed (bad JSON)
     ├── StorageError (OSError)          writing the output (local disk, object store) failed
     ├── ExportFailedError               an AnnoLab export job ended ``errored``
@@ -49,6 +50,7 @@ __all__ = [
     "NotFoundError",
     "RequestTimeoutError",
     "ResumeError",
+    "RetryBudgetExhaustedError",
     "RetryableStatusError",
     "StorageError",
     "TransferError",
@@ -216,3 +218,12 @@ class UnsafeEntryError(ZipFormatError):
 
 class ResumeError(AnnopullError):
     """A journal that does not match the command or the partial output beside it."""
+
+
+class RetryBudgetExhaustedError(TransferError):
+    """A host was given up: too many of its requests failed, or it stopped answering well.
+
+    Raised for the request that ran out of the host's retry budget (or of ``host_wait_max``)
+    and, from then on, at once for every request to that host: the run ends in bounded time.
+    ``url`` is the request's; the message names the host and why.
+    """

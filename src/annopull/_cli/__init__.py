@@ -26,7 +26,7 @@ from annopull._cli.common import (
     fail,
 )
 from annopull._config import load_config
-from annopull._errors import AnnopullError
+from annopull._errors import AnnopullError, RetryBudgetExhaustedError
 from annopull._pipeline.pull import InterruptedRunError
 from annopull._pipeline.scheduler import sole_error
 from annopull._redact import RedactingFormatter, redact
@@ -209,6 +209,8 @@ def _with_flag_hint(exc: AnnopullError) -> str:
         return f"{exc} (add --resume to continue it)"
     if disk_full(exc):
         return f"{exc}; free space, then run the same command again with --resume"
+    if isinstance(exc, RetryBudgetExhaustedError):
+        return f"{exc}; what arrived is kept: run the same command again with --resume later"
     return str(exc)
 
 

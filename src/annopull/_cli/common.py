@@ -25,7 +25,13 @@ from annopull._errors import (
     ResumeError,
 )
 from annopull._pipeline.pull import PullReport
-from annopull._progress import NullProgress, Progress, TerminalProgress, format_bytes
+from annopull._progress import (
+    NullProgress,
+    Progress,
+    TerminalProgress,
+    describe_transfer,
+    format_bytes,
+)
 from annopull._redact import redact
 from annopull._sinks import Sink, sink_for
 
@@ -188,9 +194,12 @@ def print_summary(report: PullReport, *, noun: str) -> None:
         f"({format_bytes(report.bytes)}) in {report.elapsed:.1f} s ({rate:.0f}/s); "
         f"{report.skipped} skipped, {len(report.failures)} failed"
     )
+    transfer = describe_transfer(report.transfer)
+    if transfer:
+        line += f"; {transfer}"
     if report.failures:
         line += f" (first: {report.failures[0].item}: {report.failures[0].reason})"
-    print(line, file=sys.stderr, flush=True)
+    print(redact(line), file=sys.stderr, flush=True)
 
 
 def hint_resume(sink: Sink, argv: list[str]) -> None:
@@ -230,6 +239,8 @@ async def run_pull(
     progress = make_progress(ctx, label)
     try:
         async with ctx.client() as client:
+            if progress is not None:
+                progress.watch(client.transport.stats)
             # The pull's first step makes the source, which checks its credentials before
             # any display starts.
             with progress if progress is not None else contextlib.nullcontext():

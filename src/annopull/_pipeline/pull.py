@@ -23,6 +23,7 @@ stays durable and journaled for a resume.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -41,6 +42,7 @@ from annopull._errors import (
     ConfigError,
     InvalidResponseError,
     ResumeError,
+    RetryBudgetExhaustedError,
     StorageError,
     TransferError,
 )
@@ -52,7 +54,7 @@ from annopull._progress import NullProgress, Progress
 from annopull._sinks.base import EntryInfo, Sink
 from annopull._storage.lock import OutputLock
 from annopull._transport.flow import TransferStats
-from annopull._transport.http import ByteTarget
+from annopull._transport.http import ByteTarget, Transport
 from annopull._zip.names import name_candidates, sanitize_entry_name
 
 __all__ = [
@@ -68,6 +70,7 @@ __all__ = [
     "parse_shard",
     "parse_time",
     "pull",
+    "pull_through",
 ]
 
 #: Checkpoint after this many entries or seconds, whichever comes first: each checkpoint
@@ -365,6 +368,36 @@ async def pull(
     return await run.go(resume=resume, concurrency=concurrency or defaults.concurrency)
 
 
+async def pull_through(
+    transport: Transport,
+    source: Source[ItemT],
+    sink: Sink,
+    *,
+    selection: Selection | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    spool_dir: Path | None = None,
+) -> PullReport:
+    """:func:`pull` with the settings of ``transport``'s engine, reporting its flow control.
+
+    What a source that fetches through a :class:`Transport` calls: concurrency and spool
+    size come from the engine, and the report carries the transport's limits, retries and
+    pauses per host.
+    """
+    engine = transport.engine
+    report = await pull(
+        source,
+        sink,
+        selection=selection,
+        resume=resume,
+        progress=progress,
+        concurrency=engine.concurrency,
+        spool_memory=engine.spool_memory,
+        spool_dir=spool_dir,
+    )
+    return dataclasses.replace(report, transfer=transport.stats())
+
+
 class _Run(Generic[ItemT]):
     """One pull: its counters, its ledger, and the steps between source and sink."""
 
@@ -547,8 +580,10 @@ class _Run(Generic[ItemT]):
                     self._skip()
                     return None
                 spool = staged
-        except StorageError:
-            # The local disk under the spool: every item would fail the same way.
+        except (StorageError, RetryBudgetExhaustedError):
+            # The local disk under the spool, or a host given up for the run: every item
+            # would fail the same way. Stopping keeps what arrived resumable instead of
+            # finishing an output with holes.
             with anyio.CancelScope(shield=True):
                 await spool.aclose()
             raise

@@ -116,7 +116,9 @@ def sole_error() -> Iterator[None]:
         yield
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
-        if len(leaves) != 1:
+        # Tasks failing alike before the first failure has cancelled them (every fetch
+        # hitting the same given-up host, say) are one error, not many.
+        if len({type(leaf) for leaf in leaves}) != 1:
             raise
         raise leaves[0] from leaves[0].__cause__
 

@@ -26,7 +26,7 @@ import yarl
 from annopull._config import KognicConfig
 from annopull._errors import ApiError, ConfigError, NotFoundError
 from annopull._pipeline.buffers import Spool
-from annopull._pipeline.pull import Item, PullReport, Selection, Selector, parse_time, pull
+from annopull._pipeline.pull import Item, PullReport, Selection, Selector, parse_time, pull_through
 from annopull._pipeline.scheduler import Fetched, fan_out, sole_error
 from annopull._progress import Progress
 from annopull._sinks.base import Sink
@@ -248,15 +248,13 @@ class KognicSource:
             progress: where progress goes.
             spool_dir: where items larger than the engine's ``spool_memory`` wait on disk.
         """
-        engine = self._transport.engine
-        return await pull(
+        return await pull_through(
+            self._transport,
             _Listing(self, project, annotation_type, batch=batch, cartesian=cartesian),
             sink,
             selection=selection,
             resume=resume,
             progress=progress,
-            concurrency=engine.concurrency,
-            spool_memory=engine.spool_memory,
             spool_dir=spool_dir,
         )
 

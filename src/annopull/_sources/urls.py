@@ -40,7 +40,7 @@ from urllib.parse import unquote, urlsplit
 import anyio
 
 from annopull._errors import ConfigError, redact_url
-from annopull._pipeline.pull import Item, PullReport, Selection, pull
+from annopull._pipeline.pull import Item, PullReport, Selection, pull_through
 from annopull._progress import Progress
 from annopull._sinks.base import Sink
 from annopull._transport.http import ByteTarget, Transport
@@ -261,15 +261,13 @@ class UrlSource:
             progress: where progress goes.
             spool_dir: where bodies larger than the engine's ``spool_memory`` wait on disk.
         """
-        engine = self._transport.engine
-        return await pull(
+        return await pull_through(
+            self._transport,
             self,
             sink,
             selection=selection,
             resume=resume,
             progress=progress,
-            concurrency=engine.concurrency,
-            spool_memory=engine.spool_memory,
             spool_dir=spool_dir,
         )
 

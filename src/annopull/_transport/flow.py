@@ -40,7 +40,6 @@ from urllib.parse import urlsplit
 import anyio
 
 from annopull._config import EngineConfig
-from annopull._errors import TransferError
 
 __all__ = [
     "Clock",
@@ -51,7 +50,6 @@ __all__ = [
     "HostUnavailable",
     "RateLimiter",
     "RetryBudget",
-    "RetryBudgetExhaustedError",
     "Slot",
     "SystemClock",
     "TransferStats",
@@ -59,15 +57,6 @@ __all__ = [
 ]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class RetryBudgetExhaustedError(TransferError):
-    """A host was given up: too many of its requests failed, or it stopped answering well.
-
-    Raised for the request that ran out of the host's retry budget (or of ``host_wait_max``)
-    and, from then on, at once for every request to that host: the run ends in bounded time.
-    ``url`` is the request's; the message names the host and why.
-    """
 
 
 class HostUnavailable(Exception):
