@@ -578,3 +578,24 @@ def test_disk_full_under_the_spool_is_not_retried_as_a_network_error(tmp_path: P
         assert "No space left on device" in full.stderr
         assert "Traceback" not in full.stderr
         assert max(pull.requests().values()) == 1, "an item was downloaded again"
+
+
+@pytest.mark.parametrize("name", ["out.zip", "out.jsonl", "folder"])
+def test_a_second_run_on_the_same_output_is_refused_and_the_first_finishes(
+    tmp_path: Path, name: str
+) -> None:
+    """Two runs with --resume on one output: the second exits 2 naming the first one's pid."""
+    output = tmp_path / name
+    with serve(tmp_path, SMALL_PROJECT) as pull:
+        pull.slow_down(0.05)
+        first = pull.start(output, "--resume")
+        lock = journal_of(output).with_suffix(".lock")
+        wait_for(lambda: lock.exists() and pull.requests().total() > 0, first)
+        second = pull.run(output, "--resume")
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1, second.stderr
+        assert f"another run (pid {first.pid}) is writing" in lines[0]
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == 0, err
+        assert read_output(output) == pull.expected()
