@@ -476,3 +476,12 @@ def test_concurrency_out_of_range_is_a_usage_error(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--concurrency" in err
     assert "1024" in err or "at least 1" in err or "whole number" in err
+
+
+def test_an_empty_output_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """-o '' is exit 2 with one line, not a pull into the current folder."""
+    assert _pull(output="") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "annopull: error: the output is empty: name a .zip or .jsonl file, a folder/, or -"
+    ]

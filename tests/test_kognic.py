@@ -643,3 +643,29 @@ async def test_scene_listed_twice_is_written_once(tmp_path: Path, output: str) -
         lines = (tmp_path / output).read_bytes().splitlines()
         names = sorted(f"{json.loads(line)['scene_uuid']}.json" for line in lines)
     assert names == ["a.json", "b.json", "c.json"]
+
+
+async def test_content_that_is_not_a_json_document_fails_alone(tmp_path: Path) -> None:
+    """An HTML page served with 200 for one scene is that scene's failure; the rest arrive."""
+    content = b'{"openlabel": {}}'
+
+    async def search(request: web.Request) -> web.Response:
+        here = f"http://{request.host}/o"
+        items = [
+            {"inputUuid": s, "annotationType": "T", "created": "c", "uri": f"{here}/{s}"}
+            for s in ("good-1", "html", "good-2")
+        ]
+        return web.json_response({"data": items, "metadata": {"nextCursorId": None}})
+
+    async def storage(request: web.Request) -> web.Response:
+        if request.match_info["name"] == "html":
+            return web.Response(body=b"<html><body>Sign in</body></html>", content_type="text/html")
+        return web.Response(body=content)
+
+    routes = [web.get(SEARCH_ROUTE, search), web.get("/o/{name}", storage)]
+    async with _source_over(routes) as source:
+        report = await source.download("P", "T", sink=DirectorySink(tmp_path / "out"))
+    assert [(f.item, "not a JSON document" in f.reason) for f in report.failures] == [
+        ("html", True)
+    ]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good-1.json", "good-2.json"]
