@@ -112,8 +112,8 @@ async def soak(args: argparse.Namespace, fake: dict[str, Any], work: Path) -> in
     header = (
         f"{'pull':>4} {'s':>6} {'items':>6} {'failed':>6} {'lost':>5} {'RSS MiB':>8} {'fds':>4}"
     )
-    print(header + "  transport", flush=True)
-    pulls = lost_total = 0
+    print(header + "  transport (per host, by port)", flush=True)
+    pulls = lost_total = retries_before = 0
     async with annopull.Client.from_config(env=env, overrides=overrides) as client:
         while time.monotonic() < deadline:
             pulls += 1
@@ -127,13 +127,14 @@ async def soak(args: argparse.Namespace, fake: dict[str, Any], work: Path) -> in
             lost = args.count - held - len(report.failures)
             lost_total += max(lost, 0)
             summary = report.to_dict()
-            extra = {k: v for k, v in summary.items() if k not in _PLAIN_KEYS}
+            retries = summary.get("retries", 0)
             print(
                 f"{pulls:>4} {time.monotonic() - began:>6.1f} {held:>6} "
                 f"{len(report.failures):>6} {lost:>5} {rss_mib():>8.1f} {open_fds():>4}  "
-                f"{json.dumps(extra, separators=(',', ':'))[:160]}",
+                f"retries {retries - retries_before}, {_limits(summary.get('hosts', {}))}",
                 flush=True,
             )
+            retries_before = retries
     end_rss, end_fds = rss_mib(), open_fds()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
@@ -145,7 +146,13 @@ async def soak(args: argparse.Namespace, fake: dict[str, Any], work: Path) -> in
     return 1 if lost_total else 0
 
 
-_PLAIN_KEYS = frozenset({"status", "output", "listed", "downloaded", "skipped", "failed"})
+def _limits(hosts: dict[str, Any]) -> str:
+    """Each host's adaptive limit now and its range so far, and its pauses (cumulative)."""
+    return "; ".join(
+        f"{host.rsplit(':', 1)[-1]}: limit {h['limit']} ({h['limit_min']}..{h['limit_max']}), "
+        f"{h['pauses']} pauses"
+        for host, h in hosts.items()
+    )
 
 
 def main() -> None:
