@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,35 +30,16 @@ from typing import Any
 
 import aiohttp
 
+from _common import ChildFailed, fake_serve, measure
+
 
 @contextmanager
 def fake_server(count: int, content_size: int, latency: float) -> Iterator[dict[str, Any]]:
-    """``annopull fake serve`` in its own process; yields its description."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "annopull",
-            "fake",
-            "serve",
-            "--count",
-            str(count),
-            "--content-size",
-            str(content_size),
-            "--page-size",
-            "500",
-            "--latency",
-            str(latency),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        yield json.loads(proc.stdout.readline())["kognic"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    """``annopull fake serve`` in its own process; yields its Kognic description."""
+    options = ["--count", str(count), "--content-size", str(content_size)]
+    options += ["--page-size", "500", "--latency", str(latency)]
+    with fake_serve(*options) as described:
+        yield described["kognic"]
 
 
 def run_annopull(
@@ -76,31 +55,16 @@ def run_annopull(
         ANNOPULL_KOGNIC_AUTH_URL=fake["auth_url"],
     )
     out.unlink(missing_ok=True)
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "annopull",
-            "kognic",
-            "--project",
-            fake["project"],
-            "--annotation-type",
-            fake["annotation_type"],
-            "-o",
-            str(out),
-            "-q",
-            "--concurrency",
-            str(concurrency),
-        ],
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"annopull failed with status {status}")
-    return elapsed, usage.ru_maxrss * 1024
+    command = [sys.executable, "-m", "annopull", "kognic", "--project", fake["project"]]
+    command += ["--annotation-type", fake["annotation_type"], "-o", str(out), "-q"]
+    command += ["--concurrency", str(concurrency)]
+    try:
+        # measure() reads the rusage through a small launcher: a child spawned straight
+        # from this process would start its peak RSS at ours (see _common.measure).
+        measured = measure(command, env=env)
+    except ChildFailed as exc:
+        raise SystemExit(f"annopull failed: {exc}") from exc
+    return measured.wall, measured.rss
 
 
 async def baseline(fake: dict[str, Any], sample: int) -> float:
@@ -192,8 +156,9 @@ def compare(args: argparse.Namespace) -> None:
                 runs["before"].append(run_annopull(fake, out, args.concurrency, args.before))
                 runs["after"].append(run_annopull(fake, out, args.concurrency))
     print(
-        f"annotations: {args.count} x ~{args.content_size} B, latency {args.latency * 1000:.0f} ms, "
-        f"concurrency {args.concurrency}, median of {args.runs}, runs alternating"
+        f"annotations: {args.count} x ~{args.content_size} B, "
+        f"latency {args.latency * 1000:.0f} ms, concurrency {args.concurrency}, "
+        f"median of {args.runs}, runs alternating"
     )
     medians = {}
     for name, results in runs.items():
