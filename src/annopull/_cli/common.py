@@ -24,7 +24,7 @@ from annopull._errors import (
     NotFoundError,
     ResumeError,
 )
-from annopull._pipeline.pull import PullReport
+from annopull._pipeline.pull import PullReport, parse_shard
 from annopull._progress import (
     NullProgress,
     Progress,
@@ -251,3 +251,11 @@ async def run_pull(
     write_summary(summary, report.to_dict())
     print_summary(report, noun=noun)
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def shard_arg(text: str) -> tuple[int, int]:
+    """``--shard K/N`` for argparse: the library's parse, its error as a usage error."""
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

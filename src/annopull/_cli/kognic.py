@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from annopull._cli.common import Context, add_engine_options, output_sink, run_pull
+from annopull._cli.common import Context, add_engine_options, output_sink, run_pull, shard_arg
 from annopull._client import Client
 from annopull._errors import ConfigError
-from annopull._pipeline.pull import PullReport, Selection, parse_shard, parse_time
+from annopull._pipeline.pull import PullReport, Selection, parse_time
 from annopull._progress import Progress
 
 __all__ = ["register"]
@@ -77,7 +77,7 @@ def register(sub: Any) -> None:
     )
     incremental.add_argument(
         "--shard",
-        type=_shard,
+        type=shard_arg,
         metavar="K/N",
         help="only shard K of N (1-based; stable hash of the scene uuid), to split one "
         "project across N processes or machines",
@@ -89,13 +89,6 @@ def register(sub: Any) -> None:
 def _time(text: str) -> Any:
     try:
         return parse_time(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        return parse_shard(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import anyio
 
-from annopull._cli.common import Context, add_engine_options, output_sink, run_pull
+from annopull._cli.common import Context, add_engine_options, output_sink, run_pull, shard_arg
 from annopull._client import Client
-from annopull._pipeline.pull import PullReport, Selection, parse_shard
+from annopull._pipeline.pull import PullReport, Selection
 from annopull._progress import Progress
 from annopull._sources.urls import UrlSource, read_url_list
 
@@ -69,20 +69,13 @@ def register(sub: Any) -> None:
     )
     where.add_argument(
         "--shard",
-        type=_shard,
+        type=shard_arg,
         metavar="K/N",
         help="only shard K of N (1-based; stable hash of NAME, else the URL), to split one "
         "list across N processes or machines",
     )
     add_engine_options(parser)
     parser.set_defaults(run=run)
-
-
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        return parse_shard(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
