@@ -25,8 +25,9 @@ import pytest
 from annopull._cli import main
 from annopull._pipeline.pull import in_shard
 from annopull.testing import Fault
+from annopull.testing.platforms import run_in_thread
 from test_resume import journal_count, journaled, wait_for
-from test_urls import SECRET, FileServer, closed_port, serve_in_thread
+from test_urls import SECRET, FileServer, closed_port
 
 ENV = {"ANNOPULL_ENGINE_BACKOFF_BASE": "0.01", "ANNOPULL_ENGINE_BACKOFF_MAX": "0.05"}
 
@@ -46,7 +47,7 @@ def server(
     monkeypatch.chdir(tmp_path)
     for name, value in ENV.items():
         monkeypatch.setenv(name, value)
-    with serve_in_thread(FileServer(BODIES)) as files:
+    with run_in_thread(FileServer(BODIES)) as files:
         yield files
 
 

@@ -7,17 +7,13 @@ aiohttp app on 127.0.0.1 serving fixed bodies by path, with the fakes' scripted 
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import concurrent.futures
-import contextlib
 import io
 import json
 import socket
 import threading
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -83,34 +79,6 @@ class FileServer(FakeServer):
             request, body, content_type="application/octet-stream", fault=fault, ranges=True
         )
         return response
-
-
-@contextlib.contextmanager
-def serve_in_thread(server: FileServer, *, timeout: float = 30.0) -> Iterator[FileServer]:
-    """Run ``server`` on a background thread's event loop for the ``with`` block."""
-    ready: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, asyncio.Event]]
-    ready = concurrent.futures.Future()
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        try:
-            async with server:
-                ready.set_result((asyncio.get_running_loop(), stop))
-                await stop.wait()
-        except BaseException as exc:
-            if not ready.done():
-                ready.set_exception(exc)
-                return
-            raise
-
-    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
-    thread.start()
-    loop, stop = ready.result(timeout=timeout)
-    try:
-        yield server
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join()
 
 
 def closed_port() -> int:

@@ -7,7 +7,8 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import Self
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Self, TypeVar
 
 from annopull.testing.annolab import FakeAnnoLab
 from annopull.testing.kognic import FakeKognic
@@ -77,9 +78,12 @@ class FakePlatforms:
         }
 
 
+_Served = TypeVar("_Served", bound=AbstractAsyncContextManager[Any])
+
+
 @contextlib.contextmanager
-def run_in_thread(platforms: FakePlatforms, *, timeout: float = 30.0) -> Iterator[FakePlatforms]:
-    """Serve ``platforms`` on a background thread's own event loop for the ``with`` block.
+def run_in_thread(platforms: _Served, *, timeout: float = 30.0) -> Iterator[_Served]:
+    """Serve ``platforms`` (or any fake server) on a background thread's own event loop.
 
     For synchronous tests, e.g. ones that run the CLI as a subprocess. The block
     starts once the servers listen, and exiting it stops them and joins the thread.
