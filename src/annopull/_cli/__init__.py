@@ -146,6 +146,7 @@ def _fake_overrides(fakes: Any, env: dict[str, str]) -> dict[str, dict[str, Any]
         "kognic": {
             "api_url": described["kognic"]["api_url"],
             "auth_url": described["kognic"]["auth_url"],
+            "annotation_integration_url": described["kognic"]["annotation_integration_url"],
         },
         "annolab": {"api_url": described["annolab"]["api_url"], "poll_interval": 0.2},
     }
