@@ -68,6 +68,16 @@ async def test_single_read_content_and_fields(kognic_client: MakeClient) -> None
     assert cartesian_reads == 0
 
 
+async def test_single_read_of_a_large_document(kognic_client: MakeClient) -> None:
+    """A 3 MB inline content (decoded in a worker thread) arrives whole and exact."""
+    project = KognicProject(project="P", annotation_types=("T",), count=2, content_size=3 << 20)
+    async with FakeKognic(projects=[project]) as fake, kognic_client(fake) as client:
+        served = next(fake.expected("P", "T"))
+        annotation = await client.kognic.get_annotation(served.scene_uuid, "T")
+    assert len(served.content) > 1 << 21
+    assert annotation.content == _inline(served.content)
+
+
 async def test_single_read_cartesian_reaches_the_fake(kognic_client: MakeClient) -> None:
     """cartesian=True asks the single read for useDefaultCartesian=true."""
     async with FakeKognic(projects=[PROJECT]) as fake, kognic_client(fake) as client:
