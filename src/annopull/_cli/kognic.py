@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from annopull._cli import transform
 from annopull._cli.common import Context, add_engine_options, output_sink, run_pull, shard_arg
 from annopull._client import Client
 from annopull._errors import ConfigError
@@ -40,7 +41,7 @@ def register(sub: Any) -> None:
         "kognic",
         help="pull Kognic annotations (OpenLABEL, one document per scene)",
         description="Pull every annotation of one type from a Kognic project or batch.",
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + transform.EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = parser.add_argument_group("what to pull")
@@ -82,6 +83,7 @@ def register(sub: Any) -> None:
         help="only shard K of N (1-based; stable hash of the scene uuid), to split one "
         "project across N processes or machines",
     )
+    transform.add_transform_options(parser)
     add_engine_options(parser)
     parser.set_defaults(run=run)
 
@@ -99,6 +101,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.skip_existing is not None:
         _check_not_replaced(args.skip_existing, args.output)
     selection = Selection(since=args.since, skip_existing=args.skip_existing, shard=args.shard)
+    stages = transform.transform_options(args)
 
     async def pull(client: Client, progress: Progress) -> PullReport:
         kognic = client.kognic  # credentials are checked before any display starts
@@ -111,6 +114,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
             resume=args.resume,
             cartesian=args.cartesian,
             progress=progress,
+            **stages,
         )
 
     label = f"kognic {args.project}/{args.annotation_type}"

@@ -28,8 +28,10 @@ from annopull._errors import ApiError, ConfigError, NotFoundError
 from annopull._pipeline.buffers import Spool
 from annopull._pipeline.pull import Item, PullReport, Selection, Selector, parse_time, pull_through
 from annopull._pipeline.scheduler import Fetched, fan_out, sole_error
+from annopull._pipeline.workers import WorkerMode
 from annopull._progress import Progress
 from annopull._sinks.base import Sink
+from annopull._sources.kognic_transform import Transform, kognic_stage
 from annopull._transport.http import AuthProvider, ByteTarget, Transport
 
 __all__ = ["Annotation", "AnnotationRef", "KognicSource"]
@@ -229,13 +231,17 @@ class KognicSource:
         cartesian: bool = False,
         progress: Progress | None = None,
         spool_dir: Path | None = None,
+        transform: Transform | None = None,
+        validate: bool = False,
+        workers: int | None = None,
+        workers_mode: WorkerMode = "process",
     ) -> PullReport:
         """Download every (selected) annotation into ``sink`` and report what happened.
 
-        One entry ``{scene_uuid}.json`` per annotation, the content byte for byte. Items that
-        fail for good are listed in the report and the rest goes on; anything else (the
-        listing failing, the sink failing, a cancellation) stops the run, and what arrived
-        stays in the output, journaled for ``resume``.
+        One entry ``{scene_uuid}.json`` per annotation, the content byte for byte (or what
+        ``transform`` made of it). Items that fail for good are listed in the report and the
+        rest goes on; anything else (the listing failing, the sink failing, a cancellation)
+        stops the run, and what arrived stays in the output, journaled for ``resume``.
 
         Args:
             project: the project identifier.
@@ -247,16 +253,40 @@ class KognicSource:
             cartesian: ask for ISO 8855 rotated cuboids.
             progress: where progress goes.
             spool_dir: where items larger than the engine's ``spool_memory`` wait on disk.
+            transform: converts each annotation while the others download: gets a
+                :class:`ParsedAnnotation`, returns bytes, str, a dict or list (JSON), a
+                pydantic model, :class:`~annopull.Renamed` (a new entry name too) or
+                ``None`` (left out, counted in ``left_out``). What it raises is that item's
+                failure. Runs in worker processes: a module-level function.
+            validate: check each document against kognic-openlabel's
+                ``OpenLabelAnnotation`` (before ``transform``); an invalid one is a failure
+                and left out. Needs ``pip install 'annopull[openlabel]'``.
+            workers: processes (or threads) for ``transform`` and ``validate``; the CPU count
+                by default.
+            workers_mode: ``"process"``, or ``"thread"`` for a cheap function (or one that
+                cannot be pickled).
+
+        Raises:
+            ConfigError: ``validate`` without kognic-openlabel; a ``transform`` that cannot
+                go to worker processes; ``workers`` out of range.
         """
-        return await pull_through(
-            self._transport,
-            _Listing(self, project, annotation_type, batch=batch, cartesian=cartesian),
-            sink,
-            selection=selection,
-            resume=resume,
-            progress=progress,
-            spool_dir=spool_dir,
-        )
+        async with kognic_stage(
+            transform=transform,
+            validate=validate,
+            workers=workers,
+            workers_mode=workers_mode,
+            spool_memory=self._transport.engine.spool_memory,
+        ) as stage:
+            return await pull_through(
+                self._transport,
+                _Listing(self, project, annotation_type, batch=batch, cartesian=cartesian),
+                sink,
+                selection=selection,
+                resume=resume,
+                stage=stage,
+                progress=progress,
+                spool_dir=spool_dir,
+            )
 
     # -- internals ---------------------------------------------------------------------
     async def _page(
