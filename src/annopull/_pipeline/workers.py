@@ -22,6 +22,7 @@ again; when that happens :data:`MAX_RESTARTS` times in a row with nothing done b
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import multiprocessing
@@ -29,7 +30,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -151,9 +152,7 @@ class WorkerPool:
             except BrokenProcessPool:
                 raise await self._died(executor) from None
             try:
-                result = await anyio.to_thread.run_sync(
-                    future.result, abandon_on_cancel=True, limiter=self._limiter
-                )
+                result = await self._result(future)
             except BrokenProcessPool:
                 raise await self._died(executor) from None
             finally:
@@ -161,6 +160,16 @@ class WorkerPool:
                 future.cancel()
         self._deaths_in_a_row = 0
         return result
+
+    async def _result(self, future: Future[R]) -> R:
+        """The future's result, without blocking the event loop."""
+        if _on_asyncio():
+            # The executor's own thread wakes the loop: no thread of ours per job, which
+            # costs about as much again as the round trip to the process.
+            return await asyncio.wrap_future(future)
+        return await anyio.to_thread.run_sync(
+            future.result, abandon_on_cancel=True, limiter=self._limiter
+        )
 
     def _running(self) -> ProcessPoolExecutor:
         if self._given_up is not None:
@@ -215,6 +224,14 @@ class WorkerPool:
             _stop(executor, True)
             raise ConfigError(f"the worker processes cannot start: {sorted(problems)[0]}")
         return executor
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 #: What went wrong when this worker process started, for :func:`_startup_problem`.
