@@ -225,3 +225,20 @@ def test_help_teaches_the_transform_options() -> None:
         assert text in done.stdout
     assert "--transform mypkg.convert:from_openlabel --workers 4" in done.stdout
     assert "annopull.Renamed(content" in done.stdout
+
+
+def test_readme_transform_example_runs_as_written(fake: FakeKognic, tmp_path: Path) -> None:
+    """The README's convert.py, run by its own command line, writes one CSV per scene."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = readme.split("```py\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "convert.py").write_text(code)
+    done = _run(fake, tmp_path, "--transform", "convert:boxes", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        held = {name: archive.read(name).decode() for name in archive.namelist()}
+    expected = {}
+    for e in fake.expected("P", "T"):
+        objects = orjson.loads(e.content)["openlabel"]["objects"]
+        rows = [f"{uid},{obj['type']}" for uid, obj in sorted(objects.items())]
+        expected[f"{e.scene_uuid}.csv"] = "\n".join(rows) + "\n"
+    assert held == expected
