@@ -9,6 +9,7 @@ served, converted by the same function in this process. The transforms live in
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import time
@@ -385,3 +386,29 @@ def test_transform_error_is_in_the_tree() -> None:
     """TransformError and WorkerPoolError are AnnopullErrors; Renamed holds its parts."""
     assert issubclass(WorkerPoolError, TransformError)
     assert Renamed(b"x", "a.txt") == Renamed(content=b"x", name="a.txt")
+
+
+async def test_a_resume_must_use_the_same_transform_and_validation(
+    kognic_client: MakeClient, tmp_path: Path
+) -> None:
+    """The transform's name and validate are in the run's fingerprint; none leaves it as was."""
+    from annopull._sources.kognic_transform import StagedSource
+
+    async with FakeKognic(projects=[PROJECT]) as fake, kognic_client(fake) as client:
+        listing = _listing(client)
+        staged = StagedSource(listing, transform=transforms.summarize, validate=True)
+        assert staged.fingerprint == {
+            **listing.fingerprint,
+            "transform": "transforms_for_tests:summarize",
+            "validate": "true",
+        }
+        # Items pass through unchanged.
+        async with contextlib.aclosing(staged.items()) as items:
+            first = await anext(items)
+        assert first.key == next(iter(fake.expected("P", "T"))).scene_uuid
+
+
+def _listing(client: Client) -> Any:
+    from annopull._sources.kognic import _Listing
+
+    return _Listing(client.kognic, "P", "T", batch=None, cartesian=False)

@@ -31,7 +31,7 @@ from annopull._pipeline.scheduler import Fetched, fan_out, sole_error
 from annopull._pipeline.workers import WorkerMode
 from annopull._progress import Progress
 from annopull._sinks.base import Sink
-from annopull._sources.kognic_transform import Transform, kognic_stage
+from annopull._sources.kognic_transform import StagedSource, Transform, kognic_stage
 from annopull._transport.http import AuthProvider, ByteTarget, Transport
 
 __all__ = ["Annotation", "AnnotationRef", "KognicSource"]
@@ -277,9 +277,12 @@ class KognicSource:
             workers_mode=workers_mode,
             spool_memory=self._transport.engine.spool_memory,
         ) as stage:
+            listing = _Listing(self, project, annotation_type, batch=batch, cartesian=cartesian)
             return await pull_through(
                 self._transport,
-                _Listing(self, project, annotation_type, batch=batch, cartesian=cartesian),
+                listing
+                if stage is None
+                else StagedSource(listing, transform=transform, validate=validate),
                 sink,
                 selection=selection,
                 resume=resume,

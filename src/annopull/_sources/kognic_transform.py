@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import functools
 import pickle
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic
 
 import orjson
 
 from annopull._errors import ConfigError
-from annopull._pipeline.pull import Item, Stage
+from annopull._pipeline.pull import Item, ItemT, Source, Stage
 from annopull._pipeline.transform import (
     UNCHANGED,
     Output,
@@ -27,8 +27,9 @@ from annopull._pipeline.transform import (
     pool_stage,
 )
 from annopull._pipeline.workers import WorkerMode, WorkerPool, describe_exception
+from annopull._transport.http import ByteTarget
 
-__all__ = ["ParsedAnnotation", "Transform", "kognic_stage", "require_openlabel"]
+__all__ = ["ParsedAnnotation", "StagedSource", "Transform", "kognic_stage", "require_openlabel"]
 
 _INSTALL = "pip install 'annopull[openlabel]'"
 
@@ -98,6 +99,35 @@ async def kognic_stage(
         preload.append("kognic.openlabel.models")
     async with WorkerPool(workers=workers, mode=workers_mode, preload=preload) as pool:
         yield pool_stage(pool, step, spool_memory=spool_memory)
+
+
+class StagedSource(Generic[ItemT]):
+    """``source`` with what its stage does in its fingerprint: a resume with another
+    transform (or without ``validate``) would mix two kinds of entries in one output."""
+
+    def __init__(self, source: Source[ItemT], *, transform: Transform | None, validate: bool):
+        self._source = source
+        self._stage = {
+            "transform": "" if transform is None else _name_of(transform),
+            "validate": "true" if validate else "",
+        }
+
+    @property
+    def fingerprint(self) -> Mapping[str, str]:
+        return {**self._source.fingerprint, **self._stage}
+
+    def items(self) -> AsyncGenerator[ItemT, None]:
+        return self._source.items()
+
+    async def fetch(
+        self, item: ItemT, target: ByteTarget, *, on_bytes: Callable[[int], None]
+    ) -> None:
+        await self._source.fetch(item, target, on_bytes=on_bytes)
+
+
+def _name_of(function: Callable[..., Any]) -> str:
+    module = getattr(function, "__module__", None) or "?"
+    return f"{module}:{getattr(function, '__qualname__', repr(function))}"
 
 
 def _check_picklable(step: Callable[..., Any], transform: Transform | None) -> None:
