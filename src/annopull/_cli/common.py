@@ -198,6 +198,8 @@ def print_summary(report: PullReport, *, noun: str) -> None:
         f"({format_bytes(report.bytes)}) in {report.elapsed:.1f} s ({rate:.0f}/s); "
         f"{report.skipped} skipped, {len(report.failures)} failed"
     )
+    if report.left_out:
+        line += f", {report.left_out} left out by the transform"
     transfer = describe_transfer(report.transfer)
     if transfer:
         line += f"; {transfer}"
