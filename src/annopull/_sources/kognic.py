@@ -137,13 +137,26 @@ class KognicSource:
             seen.add(cursor_next)
             cursor = cursor_next
 
-    async def get_annotation(self, scene_uuid: str, annotation_type: str) -> Annotation:
-        """Fetch one scene's annotation of one type, content included."""
+    async def get_annotation(
+        self, scene_uuid: str, annotation_type: str, *, cartesian: bool = False
+    ) -> Annotation:
+        """Fetch one scene's annotation of one type, content included.
+
+        Args:
+            scene_uuid: the scene.
+            annotation_type: the annotation type.
+            cartesian: ask for ISO 8855 rotated cuboids (``useDefaultCartesian=true``).
+
+        Raises:
+            NotFoundError: the scene has no annotation of that type.
+        """
         url = (
             f"{self._config.api_url.rstrip('/')}/v1/annotations/inputs/{_seg(scene_uuid)}"
             f"/annotation-type/{_seg(annotation_type)}"
         )
-        body = _unwrap(await self._transport.request_json("GET", url, auth=self._auth))
+        params = {"useDefaultCartesian": "true"} if cartesian else {}
+        answer = await self._transport.request_json("GET", url, auth=self._auth, params=params)
+        body = _unwrap(answer)
         if not isinstance(body, dict) or "content" not in body:
             raise ApiError("annotation answer holds no content", url=url, item=scene_uuid)
         return Annotation(
@@ -162,6 +175,7 @@ class KognicSource:
         batch: str | None = None,
         selection: Selection | None = None,
         concurrency: int | None = None,
+        cartesian: bool = False,
     ) -> AsyncIterator[AsyncIterator[Annotation]]:
         """Stream a project's annotations, contents fetched concurrently.
 
@@ -180,9 +194,10 @@ class KognicSource:
             batch: only this batch.
             selection: filters (since, skip-existing, shard).
             concurrency: fetches in flight; the engine's setting by default.
+            cartesian: ask for ISO 8855 rotated cuboids.
         """
         limit = concurrency or self._transport.engine.concurrency
-        listing = _Listing(self, project, annotation_type, batch=batch, cartesian=False)
+        listing = _Listing(self, project, annotation_type, batch=batch, cartesian=cartesian)
         send, receive = anyio.create_memory_object_stream[Annotation](limit)
 
         async def fetch(item: _KognicItem) -> Annotation:
