@@ -48,7 +48,7 @@ import queue
 import threading
 import warnings
 import weakref
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from contextlib import AsyncExitStack, aclosing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -106,6 +106,8 @@ _DEFAULT_PROJECT_MANAGEMENT_API_HOST = "https://project-management.app.kognic.co
 
 #: Contents from this size are parsed in a worker thread, not on the event loop.
 _PARSE_INLINE = 256 * 1024
+#: Items the loop thread may hand over ahead of the synchronous caller.
+_HANDOFF = 8
 #: Seconds to wait for the loop thread to start, and for work to stop when asked to.
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
@@ -430,9 +432,11 @@ class AsyncAnnotationResource:
     ) -> AsyncGenerator[Annotation, None]:
         """Yield the annotations of a project (or one batch), contents fetched concurrently.
 
-        They come in the order their contents arrive. Memory is bounded: at most about twice
-        ``max_connections`` annotations are held ahead of the loop. Leaving the loop early
-        (or closing the generator) cancels what is in flight.
+        They come in the order their contents arrive. Memory is bounded: the engine holds at
+        most about five times ``max_connections`` contents ahead of the loop (in flight and
+        waiting), and the synchronous client 8 more; lower ``max_connections`` for documents
+        of hundreds of MB. Leaving the loop early (or closing the generator) cancels what is
+        in flight.
 
         Args:
             project: the project identifier.
@@ -446,7 +450,8 @@ class AsyncAnnotationResource:
             AnnopullError: a content could not be fetched, or the listing failed.
         """
         opened = self._client._opened()
-        items = _project_items(
+        produce = functools.partial(
+            _pull_project,
             opened.kognic,
             project,
             annotation_type,
@@ -454,12 +459,12 @@ class AsyncAnnotationResource:
             include_content=include_content,
             cartesian=iso_rotated_cuboids,
         )
-        prefetch = opened.kognic._transport.engine.concurrency
-        send, receive = anyio.create_memory_object_stream[_Outcome[Annotation]](prefetch)
+        # Unbuffered: the engine already holds contents ahead (see the docstring).
+        send, receive = anyio.create_memory_object_stream[_Outcome[Annotation]](0)
         # The fetches run in a task of the client's group, not in this generator: a
         # generator abandoned by its caller is closed by the garbage collector in another
         # task, where a task group of its own could not be left.
-        scope: anyio.CancelScope = await opened.tasks.start(_deliver, items, send)
+        scope: anyio.CancelScope = await opened.tasks.start(_deliver, produce, send)
         try:
             with receive:
                 async for outcome in receive:
@@ -497,15 +502,26 @@ class AsyncAnnotationResource:
         )
 
 
-async def _project_items(
+#: What a producer hands each item to (the sending end of an iteration).
+Emit = Callable[[T], Awaitable[None]]
+
+
+async def _pull_project(
     kognic: KognicSource,
     project: str,
     annotation_type: str,
+    emit: Emit[Annotation],
     *,
     batch: str | None,
     include_content: bool,
     cartesian: bool,
-) -> AsyncGenerator[Annotation, None]:
+) -> None:
+    """Hand every annotation of the project to ``emit``.
+
+    A coroutine with a callback rather than an async generator: ``project_annotations``
+    holds a task group, and a generator suspended inside one would take the group's
+    cancellation (a failed fetch) at its caller's ``await``, outside the group.
+    """
     with _as_http_errors():
         if not include_content:
             listing = kognic.list_annotations(
@@ -515,10 +531,12 @@ async def _project_items(
                 async for ref in listing:
                     if ref.problem is not None:
                         raise ApiError(ref.problem, item=ref.scene_uuid)
-                    yield Annotation(
-                        scene_uuid=ref.scene_uuid,
-                        annotation_type=ref.annotation_type,
-                        created=_created(ref.created, item=ref.scene_uuid),
+                    await emit(
+                        Annotation(
+                            scene_uuid=ref.scene_uuid,
+                            annotation_type=ref.annotation_type,
+                            created=_created(ref.created, item=ref.scene_uuid),
+                        )
                     )
             return
         pulling = kognic.project_annotations(
@@ -526,35 +544,43 @@ async def _project_items(
         )
         async with pulling as pulled:
             async for got in pulled:
-                yield Annotation(
-                    scene_uuid=got.scene_uuid,
-                    annotation_type=got.annotation_type,
-                    created=_created(got.created, item=got.scene_uuid),
-                    content=await _parse(got.content, item=got.scene_uuid),
+                content = await _parse(got.content, item=got.scene_uuid)
+                await emit(
+                    Annotation(
+                        scene_uuid=got.scene_uuid,
+                        annotation_type=got.annotation_type,
+                        created=_created(got.created, item=got.scene_uuid),
+                        content=content,
+                    )
                 )
 
 
 async def _deliver(
-    items: AsyncGenerator[T, None],
+    produce: Callable[[Emit[T]], Awaitable[None]],
     send: MemoryObjectSendStream[_Outcome[T]],
     *,
     task_status: TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Send what ``items`` yields, then its end or its error, until the reader goes away.
+    """Send what ``produce`` emits, then its end or its error, until the reader goes away.
 
     Errors go to the reader, never into the client's task group (which would stop every
     other iteration of the client).
     """
+
+    async def emit(item: T) -> None:
+        await send.send(_Outcome(item))
+
     with anyio.CancelScope() as scope:
         task_status.started(scope)
-        async with send, aclosing(items):
+        async with send:
             try:
-                async for item in items:
-                    await send.send(_Outcome(item))
+                await produce(emit)
                 await send.send(_END)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return  # the reader left
-            except Exception as exc:
+            except BaseException as exc:
+                if scope.cancel_called or isinstance(exc, anyio.get_cancelled_exc_class()):
+                    raise  # stopped: by the reader, or by the client closing
                 with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                     await send.send(_Outcome(error=exc))
 
@@ -640,7 +666,8 @@ class _LoopThread:
 
     def call(self, work: Callable[[], Coroutine[Any, Any, R]]) -> R:
         """Run ``work()`` on the loop and return its result here."""
-        future = asyncio.run_coroutine_threadsafe(work(), self.loop())
+        loop = self.loop()  # first: a closed client must not leave `work()` unawaited
+        future = asyncio.run_coroutine_threadsafe(work(), loop)
         try:
             return future.result()
         finally:
@@ -648,11 +675,10 @@ class _LoopThread:
             future.cancel()
 
     def iterate(self, items: Callable[[], AsyncGenerator[T, None]]) -> Generator[T, None, None]:
-        """Iterate ``items()`` on the loop, here; at most ``prefetch`` items wait in between."""
+        """Iterate ``items()`` on the loop, here; at most ``_HANDOFF`` items wait in between."""
         loop = self.loop()
         handoff: queue.SimpleQueue[_Outcome[T]] = queue.SimpleQueue()
-        prefetch = self.client._config.engine.concurrency
-        space = asyncio.Semaphore(prefetch)
+        space = asyncio.Semaphore(_HANDOFF)
         finished = threading.Event()
 
         async def pump() -> None:
