@@ -409,3 +409,21 @@ def test_kognic_io_parameters_map_onto_the_engine(clean_env: None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert loop_threads() == []
+
+
+def test_readme_migration_changes_only_the_import() -> None:
+    """The README's before/after blocks differ in the import line alone, and the after compiles."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+    def block(tag: str) -> list[str]:
+        return readme.split(f"<!-- migration:{tag} -->", 1)[1].split("```")[1].splitlines()
+
+    before, after = block("before"), block("after")
+    changed = [(b, a) for b, a in zip(before, after, strict=True) if b != a]
+    assert changed == [
+        (
+            "from kognic.io.client import KognicIOClient",
+            "from annopull.compat.kognic_io import KognicIOClient",
+        )
+    ]
+    compile("\n".join(after), "README.md", "exec")
