@@ -21,6 +21,7 @@ import annopull
 from annopull.compat.kognic_io import (
     Annotation,
     AsyncKognicIOClient,
+    InputAnnotation,
     KognicIOClient,
     NotFoundHTTPError,
 )
@@ -44,7 +45,11 @@ def fake(clean_env: None) -> Iterator[FakeKognic]:
 
 
 def hosts(fake: FakeKognic) -> dict[str, Any]:
-    return {"host": fake.api_url, "auth_host": fake.auth_url}
+    return {
+        "host": fake.api_url,
+        "auth_host": fake.auth_url,
+        "annotation_integration_api_host": fake.annotation_integration_url,
+    }
 
 
 def make(fake: FakeKognic, **options: Any) -> KognicIOClient:
@@ -209,6 +214,78 @@ def test_an_unknown_project_is_a_404_from_the_generator(fake: FakeKognic) -> Non
             next(annotations)
     assert caught.value.response.status_code == 404
     assert loop_threads() == []
+
+
+# -- the v2 and by-id reads --------------------------------------------------------------
+
+
+def check_input_annotation(got: InputAnnotation, fake: FakeKognic, scene: str, atype: str) -> None:
+    """``got`` is the fake's annotation of ``scene`` and ``atype``, attribute by attribute."""
+    want = fake.scene_annotation("P", scene, atype)
+    assert isinstance(got, InputAnnotation)
+    assert (got.input_uuid, got.scene_uuid, got.request_uid) == (
+        want.input_uuid,
+        scene,
+        want.request_uid,
+    )
+    assert got.created == datetime.fromisoformat(want.created)
+    assert got.is_preliminary is False
+    assert got.content == json.loads(want.content)
+
+
+def test_get_annotation_for_input(fake: FakeKognic) -> None:
+    """get_annotation_for_input gives the input's annotation with kognic-io's attributes."""
+    scene = next(iter(expected(fake)))
+    with make(fake) as client:
+        got = client.annotation.get_annotation_for_input(fake.input_uuid("P", scene, "U"))
+        with pytest.raises(NotFoundHTTPError) as missing:
+            client.annotation.get_annotation_for_input("00000000-0000-4000-8000-000000000000")
+    check_input_annotation(got, fake, scene, "U")
+    assert missing.value.response.status_code == 404
+
+
+def test_get_annotations_for_scene(fake: FakeKognic) -> None:
+    """get_annotations_for_scene gives one annotation per type of the scene, contents in."""
+    scene = list(expected(fake))[3]
+    with make(fake) as client:
+        got = client.annotation.get_annotations_for_scene(scene)
+        with pytest.raises(NotFoundHTTPError) as missing:
+            client.annotation.get_annotations_for_scene("00000000-0000-4000-8000-000000000000")
+    by_input = {a.input_uuid: a for a in got}
+    assert len(got) == len(PROJECT.annotation_types)
+    for atype in PROJECT.annotation_types:
+        check_input_annotation(by_input[fake.input_uuid("P", scene, atype)], fake, scene, atype)
+    assert missing.value.status == 404
+
+
+def test_get_annotation_by_id(fake: FakeKognic) -> None:
+    """get_annotation_by_id reads the annotation-integration host; an unknown id is a 404."""
+    scene = list(expected(fake))[5]
+    with make(fake) as client:
+        got = client.annotation.get_annotation_by_id(fake.annotation_id("P", scene, "T"))
+        with pytest.raises(requests.HTTPError) as missing:
+            client.annotation.get_annotation_by_id("00000000-0000-4000-8000-000000000000")
+    check_input_annotation(got, fake, scene, "T")
+    assert missing.value.response.status_code == 404
+
+
+def test_iso_rotated_cuboids_reaches_every_single_read(fake: FakeKognic) -> None:
+    """iso_rotated_cuboids=True asks each single, v2 and by-id read for ISO 8855 cuboids."""
+    scene = next(iter(expected(fake)))
+    with make(fake) as client:
+        annotation = client.annotation
+        annotation.get_annotation(scene, "T")
+        annotation.get_annotation_for_input(fake.input_uuid("P", scene, "T"))
+        assert fake.stats.cartesian_reads == 0
+        annotation.get_annotation(scene, "T", iso_rotated_cuboids=True)
+        annotation.get_annotation_for_input(
+            fake.input_uuid("P", scene, "T"), iso_rotated_cuboids=True
+        )
+        annotation.get_annotations_for_scene(scene, iso_rotated_cuboids=True)
+        annotation.get_annotation_by_id(
+            fake.annotation_id("P", scene, "T"), iso_rotated_cuboids=True
+        )
+    assert fake.stats.cartesian_reads == 4
 
 
 # -- options of get_project_annotations -------------------------------------------------------

@@ -36,6 +36,7 @@ def run(fake: FakeKognic, script: str, *args: str) -> str:
         KOGNIC_CLIENT_SECRET=fake.client_secret,
         KOGNIC_HOST=fake.api_url,
         KOGNIC_AUTH_HOST=fake.auth_url,
+        KOGNIC_ANNOTATION_INTEGRATION_HOST=fake.annotation_integration_url,
         ANNOPULL_KOGNIC_API_URL=fake.api_url,
         ANNOPULL_KOGNIC_AUTH_URL=fake.auth_url,
     )

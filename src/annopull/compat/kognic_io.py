@@ -71,6 +71,7 @@ from annopull._errors import (
 )
 from annopull._pipeline.pull import parse_time
 from annopull._sources.kognic import KognicSource
+from annopull._sources.kognic_reads import SceneAnnotation
 
 if TYPE_CHECKING:
     _HTTPErrorBase = Exception
@@ -179,19 +180,13 @@ class NotFoundHTTPError(NotFoundError, _HTTPErrorBase):
     signature) and ``item``.
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        url: str | None = None,
-        status: int | None = None,
-        attempts: int | None = None,
-        item: str | None = None,
-    ) -> None:
-        super().__init__(message, url=url, status=status, attempts=attempts, item=item)
-        # requests' HTTPError sets these in an __init__ the MRO does not reach.
-        self.response = HTTPResponse(status_code=status or 404, url=self.url or "", reason=message)
-        self.request = None
+    #: requests' ``HTTPError.request``: there is none to show.
+    request = None
+
+    @property
+    def response(self) -> HTTPResponse:
+        """What requests' ``HTTPError.response`` shows: ``status_code``, ``url``, ``reason``."""
+        return HTTPResponse(status_code=self.status or 404, url=self.url or "", reason=self.reason)
 
 
 @contextmanager
@@ -249,6 +244,23 @@ async def _parse(content: bytes, *, item: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise InvalidResponseError("content is not a JSON object", item=item)
     return document
+
+
+async def _input_annotation(got: SceneAnnotation) -> InputAnnotation:
+    return InputAnnotation(
+        input_uuid=got.input_uuid,
+        scene_uuid=got.scene_uuid,
+        request_uid=got.request_uid,
+        created=_created(got.created, item=got.input_uuid),
+        is_preliminary=got.is_preliminary,
+        content=await _parse(got.content, item=got.input_uuid),
+    )
+
+
+async def _translated(read: Awaitable[R]) -> R:
+    """``await read``, with a 404 raised as :class:`NotFoundHTTPError`."""
+    with _as_http_errors():
+        return await read
 
 
 # -- the clients -----------------------------------------------------------------------------
@@ -310,8 +322,11 @@ class _Options:
             else min(timeout, EngineConfig().connect_timeout),
             "concurrency": max_connections,
         }
-        kognic = {"api_url": host, "auth_url": auth_host}
-        self._annotation_integration_url = annotation_integration_api_host
+        kognic = {
+            "api_url": host,
+            "auth_url": auth_host,
+            "annotation_integration_url": annotation_integration_api_host,
+        }
         # No ANNOPULL_* variables: only what the caller passed, checked as a config file is.
         self._config: Config = load_config(env={}, overrides={"kognic": kognic, "engine": engine})
         self._env = _credentials_env(auth)
@@ -326,7 +341,6 @@ class _Options:
         """A client of this class with ``other``'s settings (checked once already)."""
         made = cls.__new__(cls)
         made._config, made._env = other._config, other._env
-        made._annotation_integration_url = other._annotation_integration_url
         return made
 
 
@@ -490,16 +504,70 @@ class AsyncAnnotationResource:
             NotFoundHTTPError: the scene has no annotation of that type.
         """
         kognic = self._client._opened().kognic
-        with _as_http_errors():
-            got = await kognic.get_annotation(
-                scene_uuid, annotation_type, cartesian=iso_rotated_cuboids
-            )
+        got = await _translated(
+            kognic.get_annotation(scene_uuid, annotation_type, cartesian=iso_rotated_cuboids)
+        )
         return Annotation(
             scene_uuid=got.scene_uuid,
             annotation_type=got.annotation_type,
             created=_created(got.created, item=got.scene_uuid),
             content=await _parse(got.content, item=got.scene_uuid),
         )
+
+    async def get_annotation_by_id(
+        self, annotation_id: str, *, iso_rotated_cuboids: bool = False
+    ) -> InputAnnotation:
+        """One annotation by its id, from the annotation-integration API, content included.
+
+        Args:
+            annotation_id: a delivered annotation's id, or a preliminary judgement's
+                (``is_preliminary`` True).
+            iso_rotated_cuboids: cuboids in ISO 8855 (``isoBoxes=true``).
+
+        Raises:
+            NotFoundHTTPError: no annotation has that id, or it was invalidated.
+        """
+        kognic = self._client._opened().kognic
+        got = await _translated(
+            kognic.get_annotation_by_id(annotation_id, iso_boxes=iso_rotated_cuboids)
+        )
+        return await _input_annotation(got)
+
+    async def get_annotation_for_input(
+        self, input_uuid: str, iso_rotated_cuboids: bool = False
+    ) -> InputAnnotation:
+        """The annotation of one input, content included.
+
+        Args:
+            input_uuid: the input.
+            iso_rotated_cuboids: cuboids in ISO 8855.
+
+        Raises:
+            NotFoundHTTPError: the input has no annotation.
+        """
+        kognic = self._client._opened().kognic
+        got = await _translated(
+            kognic.get_annotation_for_input(input_uuid, cartesian=iso_rotated_cuboids)
+        )
+        return await _input_annotation(got)
+
+    async def get_annotations_for_scene(
+        self, scene_uuid: str, iso_rotated_cuboids: bool = False
+    ) -> list[InputAnnotation]:
+        """Every annotation of one scene, contents included (fetched concurrently).
+
+        Args:
+            scene_uuid: the scene.
+            iso_rotated_cuboids: cuboids in ISO 8855.
+
+        Raises:
+            NotFoundHTTPError: the scene does not exist.
+        """
+        kognic = self._client._opened().kognic
+        found = await _translated(
+            kognic.get_annotations_for_scene(scene_uuid, cartesian=iso_rotated_cuboids)
+        )
+        return [await _input_annotation(got) for got in found]
 
 
 #: What a producer hands each item to (the sending end of an iteration).
@@ -755,6 +823,9 @@ class AnnotationResource:
 
     get_project_annotations = _iterating(AsyncAnnotationResource.get_project_annotations)
     get_annotation = _blocking(AsyncAnnotationResource.get_annotation)
+    get_annotation_by_id = _blocking(AsyncAnnotationResource.get_annotation_by_id)
+    get_annotation_for_input = _blocking(AsyncAnnotationResource.get_annotation_for_input)
+    get_annotations_for_scene = _blocking(AsyncAnnotationResource.get_annotations_for_scene)
 
 
 class KognicIOClient(_Options):
