@@ -310,6 +310,7 @@ class KognicSource:
         batch: str | None = None,
         selection: Selection | None = None,
         concurrency: int | None = None,
+        cartesian: bool = False,
     ) -> AsyncIterator[AsyncIterator[Annotation]]:
         """Stream a project's annotations, contents fetched concurrently.
 
@@ -328,9 +329,10 @@ class KognicSource:
             batch: only this batch.
             selection: filters (since, skip-existing, shard).
             concurrency: fetches in flight; the engine's setting by default.
+            cartesian: ask for ISO 8855 rotated cuboids.
         """
         limit = concurrency or self._transport.engine.concurrency
-        listing = _Listing(self, project, annotation_type, batch=batch, cartesian=False)
+        listing = _Listing(self, project, annotation_type, batch=batch, cartesian=cartesian)
         send, receive = anyio.create_memory_object_stream[Annotation](limit)
 
         async def fetch(item: _KognicItem) -> Annotation:
