@@ -7,6 +7,7 @@ and ``unzip -t``. Skipped, with the reason, when moto or aiobotocore is not inst
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from annopull.testing import Fault, KognicProject
+from annopull.testing import Fault, KognicProject, run_in_thread
 from s3_server import (
     S3Server,
     s3_server_fixture,  # noqa: F401 - registers the fixture
@@ -30,7 +31,8 @@ TYPE = "openlabel"
 BIG = KognicProject(
     project=PROJECT, annotation_types=(TYPE,), count=400, content_size=60_000, page_size=50
 )
-STORED = ("--concurrency", "4")
+#: A few hundred small scenes (moto takes ~100 small PUTs a second).
+SMALL = KognicProject(project=PROJECT, annotation_types=(TYPE,), count=300, content_size=2000)
 
 
 def run(
@@ -106,7 +108,7 @@ def test_object_output_is_exact(s3_server: S3Server, tmp_path: Path, key: str, k
 def test_prefix_output_is_one_object_per_entry(s3_server: S3Server, tmp_path: Path) -> None:
     """A pull to s3://B/PREFIX/ puts each scene as its own object, and nothing else remains."""
     bucket = s3_server.bucket("exact-prefix")
-    with serve(tmp_path) as pull:
+    with serve(tmp_path, SMALL) as pull:
         done = run(pull, f"s3://{bucket}/scenes/")
         assert done.returncode == 0, done.stderr
         keys = s3_server.keys(bucket)
@@ -230,3 +232,48 @@ def test_missing_extra_names_the_pip_command(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "pip install 'annopull[s3]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_annolab_export_to_bucket_is_byte_identical_and_resumes(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An AnnoLab export to s3://B/KEY.zip cut short resumes from its staged parts (HTTP
+    Range from their end), then lands verified and byte-identical, nothing else left."""
+    from annopull._cli import main
+    from annopull.testing import AnnoLabProject, FakeAnnoLab, FakePlatforms
+
+    bucket = s3_server.bucket("exports")
+    project = AnnoLabProject(owner="Group", name="Alpha", instruments=100, pdf_size=300_000)
+    fake = FakeAnnoLab(projects=(project,), workdir=tmp_path / "fake")
+    for name in list(os.environ):
+        if name.startswith(("ANNOPULL_", "ANNOLAB_", "KOGNIC_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    args = ["annolab", "instruments", "--owner", "Group", "--project", "Alpha", "-q"]
+    args += ["--include-files", "-o", f"s3://{bucket}/exports/export.zip"]
+    with run_in_thread(FakePlatforms(annolab=fake)):
+        for name, value in {
+            "ANNOLAB_API_KEY": fake.api_key,
+            "ANNOPULL_ANNOLAB_API_URL": fake.api_url,
+            "ANNOPULL_ANNOLAB_POLL_INTERVAL": "0.01",
+            "ANNOPULL_ANNOLAB_POLL_MAX_INTERVAL": "0.05",
+            "ANNOPULL_ENGINE_BACKOFF_BASE": "0.01",
+            "ANNOPULL_ENGINE_BACKOFF_MAX": "0.05",
+            "ANNOPULL_ENGINE_MAX_ATTEMPTS": "2",
+        }.items():
+            monkeypatch.setenv(name, value)
+        fake.faults.add(Fault(target="download", truncate_after=10_000_000, times=10))
+        assert main(args) == 1
+        assert s3_server.uploads(bucket) == ["exports/export.zip.annopull/download.part"]
+        assert "exports/export.zip" not in s3_server.keys(bucket)
+
+        fake.faults.clear()
+        assert main(args) == 0
+        served = fake.export_path(2).read_bytes()
+        assert len(served) > 25_000_000
+        assert s3_server.get(bucket, "exports/export.zip") == served
+        # The second run went on from the first run's durable parts (8 MiB and more each).
+        starts = [int(r.removeprefix("bytes=").split("-")[0]) for r in fake.stats.download_ranges]
+        assert max(starts) >= 16 << 20
+    assert s3_server.keys(bucket) == ["exports/export.zip"]
+    assert s3_server.uploads(bucket) == []

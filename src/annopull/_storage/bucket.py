@@ -37,11 +37,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import tempfile
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import orjson
 
@@ -50,13 +52,15 @@ from annopull._storage.base import RemoteState, RunHeader, StateRow, UnreadableR
 from annopull._storage.lock import OutputBusyError
 from annopull._storage.s3 import PartInfo, PreconditionFailedError, S3Client, S3Url
 
-__all__ = ["MIN_PART_SIZE", "PART_SIZE", "S3Object", "S3Tree", "state_prefix"]
+__all__ = ["MIN_PART_SIZE", "PART_SIZE", "S3Download", "S3Object", "S3Tree", "state_prefix"]
 
 #: S3's smallest part (all but the last).
 MIN_PART_SIZE: Final = 5 << 20
 #: The first parts' size; see the module docstring for how it grows.
 PART_SIZE: Final = 8 << 20
 _MAX_PARTS: Final = 10_000
+#: Objects of a tree being put at once (the client's connection pool holds 32).
+_PUTS_IN_FLIGHT: Final = 32
 _UPLOAD: Final = "upload.json"
 _MANIFEST: Final = "rows-{:06d}.jsonl"
 
@@ -213,6 +217,11 @@ class _MultipartBlob:
 
     def write(self, data: bytes) -> None:
         self._buffer += data
+        if self._storage.cuts_freely and len(self._buffer) >= self._storage.part_threshold(
+            self.upload.next_number
+        ):
+            # A plain download is never patched: parts go up as they fill, memory ~one part.
+            self.upload_buffer()
 
     def patch(self, offset: int, data: bytes) -> None:
         start = self._reach(offset)
@@ -302,6 +311,11 @@ class S3Object:
     @property
     def remote_state(self) -> RemoteState:
         return _ObjectState(self)
+
+    @property
+    def cuts_freely(self) -> bool:
+        """Whether parts may be cut at any write (a plain download, never patched)."""
+        return not self._journaled
 
     def part_threshold(self, number: int) -> int:
         """How much must be buffered before part ``number`` is cut."""
@@ -482,8 +496,9 @@ class _S3File:
 class S3Tree:
     """A prefix of a bucket, one object per file (a :class:`TreeStorage`).
 
-    Each file is one PutObject: it appears whole or not at all, and is durable at once, so
-    every checkpoint commits its rows in one manifest.
+    Each file is one PutObject: it appears whole or not at all. Puts run concurrently (up
+    to :data:`_PUTS_IN_FLIGHT`); :meth:`sync` waits for every one, so a checkpoint commits
+    its rows in one manifest only once all their objects are there.
 
     Args:
         url: the prefix (``s3://bucket/`` or ``s3://bucket/some/prefix/``).
@@ -496,6 +511,7 @@ class S3Tree:
         self.url = url
         self.client = client
         self.state = _State(client, url)
+        self._in_flight: deque[tuple[S3Url, Future[Any]]] = deque()
 
     def __repr__(self) -> str:
         return f"S3Tree({str(self.url)!r})"
@@ -526,10 +542,16 @@ class S3Tree:
     def put_object(self, url: S3Url, body: bytes, *, mtime: datetime | None) -> None:
         """Write one file; its time goes into ``x-amz-meta-mtime`` (S3 sets its own)."""
         metadata = {"mtime": mtime.isoformat()} if mtime is not None else None
-        self.client.put(url, body, metadata=metadata)
+        self._in_flight.append((url, self.client.put_soon(url, body, metadata=metadata)))
+        while len(self._in_flight) > _PUTS_IN_FLIGHT:
+            oldest, future = self._in_flight.popleft()
+            self.client.wait(future, oldest)
 
     def sync(self) -> None:
-        """Nothing to do: a PutObject is durable when it returns."""
+        """Wait for every put: each object is durable once its PutObject returned."""
+        while self._in_flight:
+            url, future = self._in_flight.popleft()
+            self.client.wait(future, url)
 
 
 class _TreeState:
@@ -568,3 +590,46 @@ class _TreeState:
 
     def clear(self) -> None:
         self._tree.state.clear()
+
+
+class S3Download:
+    """A downloaded file (an AnnoLab export) for a bucket: staged, checked, then put in place.
+
+    The bytes stream into :attr:`staging`, a multipart upload at ``KEY.annopull/download.part``
+    whose every part is recorded as it goes up, so an interrupted download resumes (HTTP
+    Range) from any machine. Completing it makes the staged copy readable
+    (:meth:`reader`, for the zip check); :meth:`promote` then copies it to ``KEY`` inside the
+    store (no bytes through this machine) and removes it. The object at ``KEY`` appears only
+    verified and whole, byte for byte what was downloaded.
+
+    Args:
+        url: the final object.
+        client: from :func:`~annopull._storage.s3.open_client`.
+        part_size: the staging upload's first parts' size.
+    """
+
+    def __init__(self, url: S3Url, *, client: S3Client, part_size: int = PART_SIZE) -> None:
+        self.url = url
+        self.client = client
+        self.staging = S3Object(
+            state_prefix(url).child("download.part"),
+            client=client,
+            journaled=False,
+            part_size=part_size,
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Download({str(self.url)!r})"
+
+    @property
+    def description(self) -> str:
+        return str(self.url)
+
+    def reader(self) -> BinaryIO:
+        """The staged (completed) download as a seekable file."""
+        return self.client.open_reader(self.staging.url)
+
+    def promote(self) -> None:
+        """Copy the staged download to its key, then remove it."""
+        self.client.copy(self.staging.url, self.url)
+        self.client.delete([self.staging.url])
