@@ -228,7 +228,9 @@ def output_sink(output: str, ctx: Context) -> Sink:
     """The sink ``-o`` names; a zip is never written to a terminal."""
     if output == "-" and sys.stdout.isatty():
         raise ConfigError("refusing to write a zip to a terminal: redirect stdout, or use -o FILE")
-    return sink_for(output, compress_level=ctx.config.engine.compress_level)
+    return sink_for(
+        output, compress_level=ctx.config.engine.compress_level, storage=ctx.config.storage
+    )
 
 
 #: What a pulling command runs inside :func:`run_pull`: the pull itself.

@@ -50,9 +50,11 @@ from annopull._errors import (
 from annopull._pipeline.buffers import Spool
 from annopull._pipeline.ledger import Ledger, LedgerRow
 from annopull._pipeline.previous import load_previous_versions
+from annopull._pipeline.remote import commit_durable, rebuild_ledger
 from annopull._pipeline.scheduler import Fetched, fan_out
 from annopull._progress import NullProgress, Progress
 from annopull._sinks.base import EntryInfo, Sink
+from annopull._storage.base import RemoteState
 from annopull._storage.lock import OutputLock
 from annopull._transport.flow import TransferStats
 from annopull._transport.http import ByteTarget, Transport
@@ -509,6 +511,8 @@ class _Run(Generic[ItemT]):
             self.created = path.parent
         try:
             sink.prepare()
+        except StorageError:
+            raise
         except OSError as exc:
             raise ConfigError(f"cannot create {path.parent}: {exc.strerror}") from None
         if not path.parent.is_dir():
@@ -533,6 +537,8 @@ class _Run(Generic[ItemT]):
             self.ledger = Ledger.temporary(kind=sink.kind, directory=self.spool_dir)
             sink.attach(self.ledger, resume=False)
             return False
+        if sink.remote_state is not None:
+            return self._open_remote_ledger(sink.remote_state, path, fingerprint, resume)
         leftover = path.exists() and sink.has_partial()
         if leftover and not resume:
             raise InterruptedRunError(
@@ -546,6 +552,28 @@ class _Run(Generic[ItemT]):
             self.ledger = Ledger.create(path, kind=sink.kind, fingerprint=fingerprint)
         sink.attach(self.ledger, resume=leftover)
         return leftover
+
+    def _open_remote_ledger(
+        self, state: RemoteState, path: Path, fingerprint: dict[str, str], resume: bool
+    ) -> bool:
+        """The ledger of an object-store output: rebuilt from the bucket on resume."""
+        sink = self.sink
+        header = state.read()
+        if header is not None and not resume:
+            raise InterruptedRunError(
+                f"{sink.description} holds an interrupted run (its state is in "
+                f"{state.description}): resume it, or delete that state to start over"
+            )
+        if header is not None:
+            self.ledger = rebuild_ledger(
+                state, header, path, kind=sink.kind, fingerprint=fingerprint
+            )
+            self.held = self.ledger.reader()
+        else:
+            self.ledger = Ledger.create(path, kind=sink.kind, fingerprint=fingerprint)
+            state.start(kind=sink.kind, fingerprint=fingerprint)
+        sink.attach(self.ledger, resume=header is not None)
+        return header is not None
 
     def _close_indexes(self) -> None:
         if self.held is not None:
@@ -576,6 +604,8 @@ class _Run(Generic[ItemT]):
             raise
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(ledger.delete)
+            if self.sink.remote_state is not None:
+                await anyio.to_thread.run_sync(self.sink.remote_state.clear)
 
     async def _selected(
         self, first: ItemT | None, rest: AsyncIterator[ItemT]
@@ -750,6 +780,9 @@ class _Run(Generic[ItemT]):
             await anyio.to_thread.run_sync(ledger.record, rows)
         self.pending += len(rows)
         due = time.monotonic() - self.last_checkpoint >= _CHECKPOINT_SECONDS
+        state = self.sink.remote_state
+        # An object store's buffer holding a whole part is cut now: memory stays ~one part.
+        due = due or (state is not None and state.checkpoint_due)
         if self.pending >= _CHECKPOINT_ENTRIES or (due and self.pending):
             await self._checkpoint()
 
@@ -759,7 +792,7 @@ class _Run(Generic[ItemT]):
         assert ledger is not None
         with anyio.CancelScope(shield=True):
             await self.sink.flush()
-            await anyio.to_thread.run_sync(ledger.commit)
+            await anyio.to_thread.run_sync(commit_durable, self.sink.remote_state, ledger)
         self.pending = 0
         self.last_checkpoint = time.monotonic()
 
