@@ -70,6 +70,7 @@ from annopull._sources.annolab import (
     ProjectExport,
 )
 from annopull._sources.kognic import Annotation, AnnotationRef, KognicSource
+from annopull._sources.kognic_reads import SceneAnnotation, read_scene_list
 from annopull._sources.kognic_transform import ParsedAnnotation
 from annopull._sources.urls import UrlList, UrlSource, read_url_list
 from annopull._version import __version__ as __version__
@@ -120,6 +121,7 @@ __all__ = [
     "RetryBudgetExhaustedError",
     "RetryPolicy",
     "RetryableStatusError",
+    "SceneAnnotation",
     "Secret",
     "Selection",
     "Sink",
@@ -140,6 +142,7 @@ __all__ = [
     "ZipSink",
     "load_config",
     "pull",
+    "read_scene_list",
     "read_url_list",
     "sink_for",
 ]

@@ -50,9 +50,11 @@ from annopull._errors import (
 from annopull._pipeline.buffers import Spool
 from annopull._pipeline.ledger import Ledger, LedgerRow
 from annopull._pipeline.previous import load_previous_versions
+from annopull._pipeline.remote import commit_durable, rebuild_ledger
 from annopull._pipeline.scheduler import Fetched, fan_out
 from annopull._progress import NullProgress, Progress
 from annopull._sinks.base import EntryInfo, Sink
+from annopull._storage.base import RemoteState
 from annopull._storage.lock import OutputLock
 from annopull._transport.flow import TransferStats
 from annopull._transport.http import ByteTarget, Transport
@@ -116,15 +118,24 @@ class Source(Protocol[ItemT]):
 
     @property
     def fingerprint(self) -> Mapping[str, str]:
-        """What this run is for (e.g. project, type); a resume must match it."""
+        """What this run is for (e.g. project, type); a resume must match it.
+
+        Read once the first item is listed (or the listing ended empty), so a source may
+        learn it from reading its list.
+        """
 
     def items(self) -> AsyncGenerator[ItemT, None]:
         """List the items lazily (read ahead no further than the fetches need)."""
 
     async def fetch(
         self, item: ItemT, target: ByteTarget, *, on_bytes: Callable[[int], None]
-    ) -> None:
-        """Fetch ``item``'s bytes into ``target``; raise :class:`AnnopullError` for a failure."""
+    ) -> ItemT | None:
+        """Fetch ``item``'s bytes into ``target``; raise :class:`AnnopullError` for a failure.
+
+        Returns ``None``, or the item as its answer described it when the listing could not
+        (a list of scene uuids tells no versions): that item is the one written and
+        journaled, and ``since`` and skip-existing are checked on it.
+        """
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +296,16 @@ class Selector:
         selection = self.selection
         if selection.shard is not None and not in_shard(item.key, selection.shard):
             return False
+        # An item listed without a version is checked once its fetch has told it.
+        return not item.version or self.wants_version(item)
+
+    def wants_version(self, item: Item) -> bool:
+        """Whether ``item``'s version passes ``since`` and skip-existing.
+
+        Raises:
+            TransferError: the item's version is not a time, and ``since`` needs one.
+        """
+        selection = self.selection
         if selection.since is not None:
             try:
                 if parse_time(item.version) <= selection.since:
@@ -450,6 +471,8 @@ class _Run(Generic[ItemT]):
         self.created: Path | None = None  # a folder made for this run's output
         self.pending = 0
         self.last_checkpoint = time.monotonic()
+        #: Items whose fetch described them anew, by the spool holding their bytes.
+        self.learned: dict[Spool, ItemT] = {}
 
     async def go(self, *, resume: bool, concurrency: int) -> PullReport:
         lock = await anyio.to_thread.run_sync(self._lock_output)
@@ -488,6 +511,8 @@ class _Run(Generic[ItemT]):
             self.created = path.parent
         try:
             sink.prepare()
+        except StorageError:
+            raise
         except OSError as exc:
             raise ConfigError(f"cannot create {path.parent}: {exc.strerror}") from None
         if not path.parent.is_dir():
@@ -512,6 +537,8 @@ class _Run(Generic[ItemT]):
             self.ledger = Ledger.temporary(kind=sink.kind, directory=self.spool_dir)
             sink.attach(self.ledger, resume=False)
             return False
+        if sink.remote_state is not None:
+            return self._open_remote_ledger(sink.remote_state, path, fingerprint, resume)
         leftover = path.exists() and sink.has_partial()
         if leftover and not resume:
             raise InterruptedRunError(
@@ -525,6 +552,28 @@ class _Run(Generic[ItemT]):
             self.ledger = Ledger.create(path, kind=sink.kind, fingerprint=fingerprint)
         sink.attach(self.ledger, resume=leftover)
         return leftover
+
+    def _open_remote_ledger(
+        self, state: RemoteState, path: Path, fingerprint: dict[str, str], resume: bool
+    ) -> bool:
+        """The ledger of an object-store output: rebuilt from the bucket on resume."""
+        sink = self.sink
+        header = state.read()
+        if header is not None and not resume:
+            raise InterruptedRunError(
+                f"{sink.description} holds an interrupted run (its state is in "
+                f"{state.description}): resume it, or delete that state to start over"
+            )
+        if header is not None:
+            self.ledger = rebuild_ledger(
+                state, header, path, kind=sink.kind, fingerprint=fingerprint
+            )
+            self.held = self.ledger.reader()
+        else:
+            self.ledger = Ledger.create(path, kind=sink.kind, fingerprint=fingerprint)
+            state.start(kind=sink.kind, fingerprint=fingerprint)
+        sink.attach(self.ledger, resume=header is not None)
+        return header is not None
 
     def _close_indexes(self) -> None:
         if self.held is not None:
@@ -555,6 +604,8 @@ class _Run(Generic[ItemT]):
             raise
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(ledger.delete)
+            if self.sink.remote_state is not None:
+                await anyio.to_thread.run_sync(self.sink.remote_state.clear)
 
     async def _selected(
         self, first: ItemT | None, rest: AsyncIterator[ItemT]
@@ -593,10 +644,14 @@ class _Run(Generic[ItemT]):
     async def _fetch(self, item: ItemT) -> Staged | None:
         spool = Spool(memory_limit=self.spool_memory, directory=self.spool_dir)
         try:
-            await self.source.fetch(item, spool, on_bytes=self.progress.bytes)
-            if self.stage is None:
-                return Staged(spool)
-            staged = await self.stage(item, spool)
+            learned = await self.source.fetch(item, spool, on_bytes=self.progress.bytes)
+            if learned is not None or not item.version:
+                item = learned or item
+                if not self.selector.wants_version(item):
+                    await spool.aclose()
+                    self._skip()
+                    return None
+            staged = Staged(spool) if self.stage is None else await self.stage(item, spool)
             if staged is None:
                 await spool.aclose()
                 self._leave_out()
@@ -604,7 +659,6 @@ class _Run(Generic[ItemT]):
             staged = staged if isinstance(staged, Staged) else Staged(staged)
             if staged.spool is not spool:
                 await spool.aclose()
-            return staged
         except (StorageError, RetryBudgetExhaustedError, WorkerPoolError):
             # The local disk under the spool, a host given up for the run, or a stage's
             # workers that keep dying: every item would fail the same way. Stopping keeps
@@ -620,9 +674,14 @@ class _Run(Generic[ItemT]):
             with anyio.CancelScope(shield=True):
                 await spool.aclose()
             raise
+        if learned is not None:
+            self.learned[staged.spool] = learned
+        return staged
 
     async def _write_batch(self, batch: list[Fetched[ItemT, Staged]]) -> None:
         """Write fetched items: those in memory together (one sink call), spilled ones streamed."""
+        for fetched in batch:
+            fetched.item = self.learned.pop(fetched.result.spool, fetched.item)
         try:
             named = self._name(batch)
             small = [(f, info) for f, info in named if f.result.spool.in_memory]
@@ -721,6 +780,9 @@ class _Run(Generic[ItemT]):
             await anyio.to_thread.run_sync(ledger.record, rows)
         self.pending += len(rows)
         due = time.monotonic() - self.last_checkpoint >= _CHECKPOINT_SECONDS
+        state = self.sink.remote_state
+        # An object store's buffer holding a whole part is cut now: memory stays ~one part.
+        due = due or (state is not None and state.checkpoint_due)
         if self.pending >= _CHECKPOINT_ENTRIES or (due and self.pending):
             await self._checkpoint()
 
@@ -730,7 +792,7 @@ class _Run(Generic[ItemT]):
         assert ledger is not None
         with anyio.CancelScope(shield=True):
             await self.sink.flush()
-            await anyio.to_thread.run_sync(ledger.commit)
+            await anyio.to_thread.run_sync(commit_durable, self.sink.remote_state, ledger)
         self.pending = 0
         self.last_checkpoint = time.monotonic()
 

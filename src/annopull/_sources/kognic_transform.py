@@ -121,8 +121,8 @@ class StagedSource(Generic[ItemT]):
 
     async def fetch(
         self, item: ItemT, target: ByteTarget, *, on_bytes: Callable[[int], None]
-    ) -> None:
-        await self._source.fetch(item, target, on_bytes=on_bytes)
+    ) -> ItemT | None:
+        return await self._source.fetch(item, target, on_bytes=on_bytes)
 
 
 def _name_of(function: Callable[..., Any]) -> str:
