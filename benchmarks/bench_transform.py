@@ -2,9 +2,10 @@
 
 The fake platforms run in their own process (``annopull fake serve``); each pull is
 ``annopull kognic ... --transform transform_for_bench:convert --workers N`` as a measured
-subprocess (wall time, CPU, peak RSS), median of ``--runs``. ``transform_for_bench.convert``
-turns each OpenLABEL document's cuboids into box corners in pure Python, about 10 ms a
-document. A plain pull of the same project (no transform) shows what the download costs.
+subprocess (wall time from spawn to exit, peak RSS), median of ``--runs``.
+``transform_for_bench.convert`` turns each OpenLABEL document's cuboids into box corners in
+pure Python, about 10 ms a document. A plain pull of the same project (no transform) shows
+what the download costs.
 
     python benchmarks/bench_transform.py [--runs 3] [--count 3000]
 
@@ -15,38 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from _common import ChildFailed, fake_serve, machine, measure
+from _common import fake_serve, machine
+from bench_kognic import run_annopull
 
 HERE = Path(__file__).resolve().parent
-
-
-def pull(fake: dict[str, Any], out: Path, extra: list[str]) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds and peak RSS (bytes) of one CLI pull."""
-    env = dict(
-        os.environ,
-        KOGNIC_CLIENT_ID=fake["client_id"],
-        KOGNIC_CLIENT_SECRET=fake["client_secret"],
-        ANNOPULL_KOGNIC_API_URL=fake["api_url"],
-        ANNOPULL_KOGNIC_AUTH_URL=fake["auth_url"],
-    )
-    out.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "annopull", "kognic", "--project", fake["project"]]
-    command += ["--annotation-type", fake["annotation_type"], "-o", str(out), "-q", *extra]
-    try:
-        # cwd: the transform's module is imported from the current folder.
-        measured = measure(command, env=env, cwd=HERE)
-    except ChildFailed as exc:
-        raise SystemExit(f"annopull failed: {exc}") from exc
-    # The launcher's rusage covers the CLI process; worker processes are its children
-    # (forked by the fork server, which is not), so their CPU is not in ``cpu``.
-    return measured.wall, measured.cpu, measured.rss
 
 
 def main() -> None:
@@ -54,6 +31,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--content-size", type=int, default=4096)
+    parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
 
     cases = {
@@ -61,7 +39,7 @@ def main() -> None:
         "1 worker": ["--transform", "transform_for_bench:convert", "--workers", "1"],
         "2 workers": ["--transform", "transform_for_bench:convert", "--workers", "2"],
     }
-    results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in cases}
+    results: dict[str, list[tuple[float, int]]] = {name: [] for name in cases}
     options = ["--count", str(args.count), "--content-size", str(args.content_size)]
     with tempfile.TemporaryDirectory() as tmp, fake_serve(*options, "--page-size", "500") as f:
         fake = f["kognic"]
@@ -69,7 +47,9 @@ def main() -> None:
         # Runs alternate between the cases, so that the machine's other load hits all alike.
         for _ in range(args.runs):
             for name, extra in cases.items():
-                results[name].append(pull(fake, out, extra))
+                # cwd: the transform's module is imported from the current folder.
+                run = run_annopull(fake, out, args.concurrency, extra=extra, cwd=HERE)
+                results[name].append(run)
 
     medians = {}
     print(
@@ -77,8 +57,8 @@ def main() -> None:
         f"{machine()['nproc']} CPUs"
     )
     for name, runs in results.items():
-        wall = statistics.median(w for w, _, _ in runs)
-        rss = statistics.median(r for _, _, r in runs)
+        wall = statistics.median(w for w, _ in runs)
+        rss = statistics.median(r for _, r in runs)
         medians[name] = {"seconds": round(wall, 2), "items_per_s": round(args.count / wall, 1)}
         medians[name]["peak_rss_mib"] = round(rss / 2**20, 1)
         print(

@@ -63,25 +63,36 @@ async def _download(client: Client, out: Path, **options: Any) -> Any:
         return await client.kognic.download("P", "T", sink=ZipSink(out), **options)
 
 
+async def _pull(
+    make: MakeClient, out: Path, *, project: KognicProject = PROJECT, **options: Any
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Pull PROJECT into ``out`` through a fresh fake: the report, the summaries of what
+    it served (by entry name) and the zip's entries parsed."""
+    async with FakeKognic(projects=[project]) as fake:
+        report = await _download(make(fake), out, **options)
+        expected = _summaries(fake)
+    with zipfile.ZipFile(out) as archive:
+        assert archive.testzip() is None
+        entries = {name: json.loads(archive.read(name)) for name in archive.namelist()}
+    return report, expected, entries
+
+
 @pytest.mark.parametrize("mode", ["process", "thread"])
 async def test_transform_converts_every_annotation(
     kognic_client: MakeClient, tmp_path: Path, mode: str
 ) -> None:
     """Every entry of the zip is the transform of what the fake served for that scene."""
-    async with FakeKognic(projects=[PROJECT]) as fake:
-        report = await _download(
-            kognic_client(fake),
-            tmp_path / "out.zip",
-            transform=transforms.summarize,
-            workers=2,
-            workers_mode=mode,
-        )
-        expected = _summaries(fake)
-    entries = _zip_entries(tmp_path / "out.zip")
+    report, expected, entries = await _pull(
+        kognic_client,
+        tmp_path / "out.zip",
+        transform=transforms.summarize,
+        workers=2,
+        workers_mode=mode,
+    )
     assert report.ok
     assert report.downloaded == 40
     assert report.left_out == 0
-    assert {name: json.loads(body) for name, body in entries.items()} == expected
+    assert entries == expected
 
 
 async def test_process_and_thread_workers_run_where_they_say(
@@ -105,14 +116,9 @@ async def test_a_transform_that_raises_fails_those_items_and_delivers_the_rest(
     kognic_client: MakeClient, tmp_path: Path
 ) -> None:
     """Items it raised for are failures with the exception in one line; the rest arrive."""
-    async with FakeKognic(projects=[PROJECT]) as fake:
-        report = await _download(
-            kognic_client(fake),
-            tmp_path / "out.zip",
-            transform=transforms.fail_on_even_names,
-            workers=2,
-        )
-        expected = _summaries(fake)
+    report, expected, entries = await _pull(
+        kognic_client, tmp_path / "out.zip", transform=transforms.fail_on_even_names, workers=2
+    )
     wanted = {name: s for name, s in expected.items() if not _even(s["scene"])}
     failed = {f.item: f.reason for f in report.failures}
     assert set(failed) == {s["scene"] for s in expected.values() if _even(s["scene"])}
@@ -120,29 +126,25 @@ async def test_a_transform_that_raises_fails_those_items_and_delivers_the_rest(
     assert report.downloaded == len(wanted)
     for scene, reason in failed.items():
         assert reason == f"transform raised ValueError: no conversion for {scene}"
-    entries = _zip_entries(tmp_path / "out.zip")
-    assert {name: json.loads(body) for name, body in entries.items()} == wanted
+    assert entries == wanted
 
 
 async def test_returning_none_leaves_items_out_without_failing(
     kognic_client: MakeClient, tmp_path: Path
 ) -> None:
     """None leaves the scene out, counted as left out; the run is complete."""
-    async with FakeKognic(projects=[PROJECT]) as fake:
-        report = await _download(
-            kognic_client(fake),
-            tmp_path / "out.zip",
-            transform=transforms.drop_even_names,
-            workers_mode="thread",
-        )
-        expected = _summaries(fake)
+    report, expected, entries = await _pull(
+        kognic_client,
+        tmp_path / "out.zip",
+        transform=transforms.drop_even_names,
+        workers_mode="thread",
+    )
     wanted = {name: s for name, s in expected.items() if not _even(s["scene"])}
     assert report.ok
     assert report.skipped == 0
     assert report.left_out == len(expected) - len(wanted) > 0
     assert report.to_dict()["left_out"] == report.left_out
-    entries = _zip_entries(tmp_path / "out.zip")
-    assert {name: json.loads(body) for name, body in entries.items()} == wanted
+    assert entries == wanted
 
 
 async def test_renamed_output_gets_its_name_and_is_not_taken_for_json(
@@ -242,27 +244,23 @@ async def test_validate_fails_and_leaves_out_invalid_documents_before_transformi
     project = KognicProject(
         project="P", annotation_types=("T",), count=40, invalid_scenes=frozenset({3, 17})
     )
-    async with FakeKognic(projects=[project]) as fake:
-        report = await _download(
-            kognic_client(fake),
-            tmp_path / "out.zip",
-            validate=True,
-            transform=transforms.summarize,
-            workers=2,
-        )
-        served = list(fake.expected("P", "T"))
-        expected = _summaries(fake)
-    invalid = {served[3].scene_uuid, served[17].scene_uuid}
+    report, expected, entries = await _pull(
+        kognic_client,
+        tmp_path / "out.zip",
+        project=project,
+        validate=True,
+        transform=transforms.summarize,
+        workers=2,
+    )
+    served = [summary["scene"] for summary in expected.values()]
+    invalid = {served[3], served[17]}
     assert {f.item for f in report.failures} == invalid
     for failure in report.failures:
         assert failure.reason == (
             "not valid OpenLABEL, left out of the output: openlabel.metadata.schema_version: "
             "Input should be '1.0.0'"
         )
-    entries = _zip_entries(tmp_path / "out.zip")
-    assert {name: json.loads(body) for name, body in entries.items()} == {
-        name: s for name, s in expected.items() if s["scene"] not in invalid
-    }
+    assert entries == {name: s for name, s in expected.items() if s["scene"] not in invalid}
 
 
 async def test_a_transform_workers_cannot_import_is_refused_before_any_request(
@@ -290,26 +288,21 @@ async def test_a_dying_worker_fails_its_items_and_the_pool_starts_again(
     kognic_client: MakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker process that dies fails the items in the pool with it; the rest arrive."""
-    async with FakeKognic(projects=[PROJECT]) as fake:
-        served = list(fake.expected("P", "T"))
-        monkeypatch.setenv("ANNOPULL_TEST_CRASH_SCENE", served[10].scene_uuid)
-        report = await _download(
-            kognic_client(fake, concurrency=2),
-            tmp_path / "out.zip",
-            transform=transforms.crash_on,
-            workers=1,
-        )
-        expected = _summaries(fake)
+    # The fake's scenes are known before it serves them.
+    crash = list(FakeKognic(projects=[PROJECT]).expected("P", "T"))[10].scene_uuid
+    monkeypatch.setenv("ANNOPULL_TEST_CRASH_SCENE", crash)
+    report, expected, entries = await _pull(
+        lambda fake: kognic_client(fake, concurrency=2),
+        tmp_path / "out.zip",
+        transform=transforms.crash_on,
+        workers=1,
+    )
     failed = {f.item: f.reason for f in report.failures}
-    assert served[10].scene_uuid in failed
+    assert crash in failed
     # One worker holds at most two documents: the one it works on and the next.
     assert len(failed) <= 2
     assert all("worker process died" in reason for reason in failed.values())
-    entries = _zip_entries(tmp_path / "out.zip")
-    assert len(entries) == 40 - len(failed)
-    assert {name: json.loads(body) for name, body in entries.items()} == {
-        name: s for name, s in expected.items() if s["scene"] not in failed
-    }
+    assert entries == {name: s for name, s in expected.items() if s["scene"] not in failed}
 
 
 async def test_workers_that_keep_dying_stop_the_run(
