@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import json
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -504,3 +506,40 @@ def test_readme_migration_changes_only_the_import() -> None:
         )
     ]
     compile("\n".join(after), "README.md", "exec")
+
+
+SCRIPT_NEVER_CLOSING = """
+import sys
+from annopull.compat.kognic_io import KognicIOClient
+
+client = KognicIOClient(auth=tuple(sys.argv[3:5]), host=sys.argv[1], auth_host=sys.argv[2])
+for count, annotation in enumerate(client.annotation.get_project_annotations("P", "T")):
+    if count == 2:
+        break
+left_open = client.annotation.get_project_annotations("P", "T")
+print(next(left_open).scene_uuid)
+"""
+
+
+def test_a_script_that_never_closes_exits_cleanly(fake: FakeKognic, tmp_path: Path) -> None:
+    """A script leaving its client and a generator open exits 0, promptly, without a trace."""
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT_NEVER_CLOSING)
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            fake.api_url,
+            fake.auth_url,
+            fake.client_id,
+            fake.client_secret,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.strip() in expected(fake)
+    assert time.monotonic() - started < 30
