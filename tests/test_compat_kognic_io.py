@@ -543,3 +543,23 @@ def test_a_script_that_never_closes_exits_cleanly(fake: FakeKognic, tmp_path: Pa
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.strip() in expected(fake)
     assert time.monotonic() - started < 30
+
+
+def test_big_contents_are_parsed_off_the_loop_and_no_thread_is_left(clean_env: None) -> None:
+    """Contents from 256 KiB on are parsed in a worker thread, which ends with the client."""
+    big = KognicProject(project="P", annotation_types=("T",), count=4, content_size=400_000)
+    with run_in_thread(FakeKognic(projects=[big])) as served:
+        before = set(threading.enumerate())
+        with make(served) as client:
+            got = {
+                a.scene_uuid: a.content for a in client.annotation.get_project_annotations("P", "T")
+            }
+            workers = [t.name for t in threading.enumerate() if t.name == "AnyIO worker thread"]
+        # anyio's idle worker is told to stop when the loop ends, and exits right after.
+        for thread in set(threading.enumerate()) - before:
+            thread.join(5)
+        left = [t.name for t in set(threading.enumerate()) - before]
+        want = {e.scene_uuid: json.loads(e.content) for e in served.expected("P", "T")}
+    assert got == want
+    assert workers
+    assert left == []
