@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 
+from annopull._cli import transform
 from annopull._cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -130,7 +131,7 @@ def register(sub: Any) -> None:
         description="Pull every annotation of one type from a Kognic project or batch; "
         "or of a list of scenes (kognic scenes); or read one (kognic get).",
         usage=USAGE,
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + transform.EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     assert isinstance(parser, FormsParser)
@@ -148,6 +149,7 @@ def register(sub: Any) -> None:
         help="skip scenes whose annotation is unchanged in PATH (a zip, folder, .jsonl or "
         ".journal of an earlier pull); listing is still read, downloads are saved",
     )
+    transform.add_transform_options(parser)
     add_engine_options(parser)
     parser.set_defaults(run=run)
     parser.forms["scenes"] = _scenes_parser()
@@ -173,6 +175,7 @@ def _scenes_parser() -> argparse.ArgumentParser:
     _add_cartesian(what)
     add_output_options(parser, resume_note="; FILE must hold the same scenes")
     _add_incremental(parser, of="list")
+    transform.add_transform_options(parser)
     add_engine_options(parser)
     parser.set_defaults(run=run_scenes)
     return parser
@@ -229,6 +232,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.skip_existing is not None:
         _check_not_replaced(args.skip_existing, args.output)
     selection = Selection(since=args.since, skip_existing=args.skip_existing, shard=args.shard)
+    stages = transform.transform_options(args)
 
     async def pull(client: Client, progress: Progress) -> PullReport:
         kognic = client.kognic  # credentials are checked before any display starts
@@ -241,6 +245,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
             resume=args.resume,
             cartesian=args.cartesian,
             progress=progress,
+            **stages,
         )
 
     label = f"kognic {args.project}/{args.annotation_type}"
@@ -253,6 +258,7 @@ async def run_scenes(args: argparse.Namespace, ctx: Context) -> int:
     # Read lazily: the pull checks the whole list before it fetches anything.
     scenes = read_scene_list(args.scene_list)
     selection = Selection(since=args.since, shard=args.shard)
+    stages = transform.transform_options(args)
 
     async def pull(client: Client, progress: Progress) -> PullReport:
         kognic = client.kognic
@@ -264,6 +270,7 @@ async def run_scenes(args: argparse.Namespace, ctx: Context) -> int:
             resume=args.resume,
             cartesian=args.cartesian,
             progress=progress,
+            **stages,
         )
 
     label = f"kognic scenes {args.scene_list}/{args.annotation_type}"
