@@ -100,7 +100,7 @@ log = logging.getLogger("annopull.compat")
 
 DEFAULT_INPUT_API_HOST = KognicConfig().api_url
 DEFAULT_AUTH_HOST = KognicConfig().auth_url
-DEFAULT_ANNOTATION_INTEGRATION_API_HOST = "https://annotation-integration.app.kognic.com"
+DEFAULT_ANNOTATION_INTEGRATION_API_HOST = KognicConfig().annotation_integration_url
 _DEFAULT_ORDER_EXECUTION_API_HOST = "https://order-execution.app.kognic.com"
 _DEFAULT_WORKSPACE_API_HOST = "https://workspace.app.kognic.com"
 _DEFAULT_PROJECT_MANAGEMENT_API_HOST = "https://project-management.app.kognic.com"
