@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import json
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -504,3 +506,60 @@ def test_readme_migration_changes_only_the_import() -> None:
         )
     ]
     compile("\n".join(after), "README.md", "exec")
+
+
+SCRIPT_NEVER_CLOSING = """
+import sys
+from annopull.compat.kognic_io import KognicIOClient
+
+client = KognicIOClient(auth=tuple(sys.argv[3:5]), host=sys.argv[1], auth_host=sys.argv[2])
+for count, annotation in enumerate(client.annotation.get_project_annotations("P", "T")):
+    if count == 2:
+        break
+left_open = client.annotation.get_project_annotations("P", "T")
+print(next(left_open).scene_uuid)
+"""
+
+
+def test_a_script_that_never_closes_exits_cleanly(fake: FakeKognic, tmp_path: Path) -> None:
+    """A script leaving its client and a generator open exits 0, promptly, without a trace."""
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT_NEVER_CLOSING)
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            fake.api_url,
+            fake.auth_url,
+            fake.client_id,
+            fake.client_secret,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.strip() in expected(fake)
+    assert time.monotonic() - started < 30
+
+
+def test_big_contents_are_parsed_off_the_loop_and_no_thread_is_left(clean_env: None) -> None:
+    """Contents from 256 KiB on are parsed in a worker thread, which ends with the client."""
+    big = KognicProject(project="P", annotation_types=("T",), count=4, content_size=400_000)
+    with run_in_thread(FakeKognic(projects=[big])) as served:
+        before = set(threading.enumerate())
+        with make(served) as client:
+            got = {
+                a.scene_uuid: a.content for a in client.annotation.get_project_annotations("P", "T")
+            }
+            workers = [t.name for t in threading.enumerate() if t.name == "AnyIO worker thread"]
+        # anyio's idle worker is told to stop when the loop ends, and exits right after.
+        for thread in set(threading.enumerate()) - before:
+            thread.join(5)
+        left = [t.name for t in set(threading.enumerate()) - before]
+        want = {e.scene_uuid: json.loads(e.content) for e in served.expected("P", "T")}
+    assert got == want
+    assert workers
+    assert left == []

@@ -100,7 +100,7 @@ log = logging.getLogger("annopull.compat")
 
 DEFAULT_INPUT_API_HOST = KognicConfig().api_url
 DEFAULT_AUTH_HOST = KognicConfig().auth_url
-DEFAULT_ANNOTATION_INTEGRATION_API_HOST = "https://annotation-integration.app.kognic.com"
+DEFAULT_ANNOTATION_INTEGRATION_API_HOST = KognicConfig().annotation_integration_url
 _DEFAULT_ORDER_EXECUTION_API_HOST = "https://order-execution.app.kognic.com"
 _DEFAULT_WORKSPACE_API_HOST = "https://workspace.app.kognic.com"
 _DEFAULT_PROJECT_MANAGEMENT_API_HOST = "https://project-management.app.kognic.com"
@@ -267,31 +267,7 @@ async def _translated(read: Awaitable[R]) -> R:
 
 
 class _Options:
-    """kognic-io 2.19's constructor, shared by both clients: annopull settings and credentials.
-
-    Args:
-        auth: ``(client_id, client_secret)``, the path of a credentials JSON file, or ``None``
-            for ``KOGNIC_CREDENTIALS``, then ``KOGNIC_CLIENT_ID`` and ``KOGNIC_CLIENT_SECRET``.
-        host: the input API (where annotations are listed).
-        order_execution_api_host: accepted and ignored (no annotation read uses it).
-        annotation_integration_api_host: the annotation-integration API (reads by id).
-        workspace_api_host: accepted and ignored (no workspace is looked up).
-        project_management_api_host: accepted and ignored.
-        auth_host: the OAuth server.
-        client_organization_id: accepted and ignored.
-        max_retry_attempts: retries of one request; annopull's ``max_attempts`` minus one
-            when omitted.
-        max_retry_wait_time: the longest backoff between retries, in seconds.
-        timeout: seconds without a byte before a read is abandoned.
-        max_connections: contents fetched at once (annopull's ``concurrency``).
-        write_workspace_id: accepted and ignored (for writes, which this client has not).
-        workspace_id: the same, under its older name.
-        max_upload_retry_attempts: accepted and ignored (uploads).
-        max_upload_retry_wait_time: accepted and ignored (uploads).
-
-    Raises:
-        ConfigError: no usable credentials, a bad ``auth``, or a setting out of range.
-    """
+    """kognic-io 2.19's constructor, shared by both clients; see :class:`KognicIOClient`."""
 
     def __init__(
         self,
@@ -840,15 +816,21 @@ class KognicIOClient(_Options):
         auth: ``(client_id, client_secret)``, the path of a credentials JSON file, or ``None``
             for ``KOGNIC_CREDENTIALS``, then ``KOGNIC_CLIENT_ID`` and ``KOGNIC_CLIENT_SECRET``.
         host: the input API (where annotations are listed).
+        order_execution_api_host: accepted and ignored (no annotation read uses it).
         annotation_integration_api_host: the annotation-integration API (reads by id).
+        workspace_api_host: accepted and ignored (no workspace is looked up).
+        project_management_api_host: accepted and ignored.
         auth_host: the OAuth server.
-        max_retry_attempts: retries of one request.
+        client_organization_id: accepted and ignored.
+        max_retry_attempts: retries of one request; annopull's ``max_attempts`` minus one
+            when omitted.
         max_retry_wait_time: the longest backoff between retries, in seconds.
         timeout: seconds without a byte before a read is abandoned.
-        max_connections: contents fetched at once.
-        order_execution_api_host, workspace_api_host, project_management_api_host,
-        client_organization_id, write_workspace_id, workspace_id, max_upload_retry_attempts,
-        max_upload_retry_wait_time: accepted and ignored.
+        max_connections: contents fetched at once (annopull's ``concurrency``).
+        write_workspace_id: accepted and ignored (for writes, which this client has not).
+        workspace_id: the same, under its older name.
+        max_upload_retry_attempts: accepted and ignored (uploads).
+        max_upload_retry_wait_time: accepted and ignored (uploads).
 
     Raises:
         ConfigError: no usable credentials, a bad ``auth``, or a setting out of range.
