@@ -12,7 +12,7 @@ part is received, MD5-hashed and kept in its memory), so the S3 figures are a fl
 
 Usage::
 
-    python benchmarks/bench_s3.py [--runs 3] [--quick] [--json FILE]
+    python benchmarks/bench_s3.py [--runs 3] [--fraction 0.25] [--json FILE]
 
 Needs the ``test-s3`` extra (aiobotocore, moto[server]).
 """
@@ -55,7 +55,6 @@ class Workload:
 
 
 WORKLOADS = (Workload("small", 20_000, 10 * 1024), Workload("large", 200, 5 * MiB))
-QUICK = (Workload("small", 2_000, 10 * 1024), Workload("large", 20, 5 * MiB))
 
 
 @dataclass
@@ -244,12 +243,16 @@ def report(results: Sequence[tuple[Workload, Row, Row]]) -> tuple[str, bool]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs of each output (default 3)")
-    parser.add_argument("--quick", action="store_true", help="a tenth of each workload")
+    parser.add_argument(
+        "--fraction", type=float, default=1.0, help="of each workload's items (e.g. 0.25)"
+    )
     parser.add_argument("--json", type=Path, help="write the measurements here")
     args = parser.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-s3-") as scratch:
-        for workload in QUICK if args.quick else WORKLOADS:
+        for full in WORKLOADS:
+            count = max(1, round(full.count * args.fraction))
+            workload = Workload(full.name, count, full.content_size)
             print(
                 f"== {workload.name}: {workload.count:,} x {workload.content_size:,} B", flush=True
             )

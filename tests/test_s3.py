@@ -27,7 +27,7 @@ from test_resume import Pull, read_output, serve, settled, wait_for
 
 PROJECT = "resume"
 TYPE = "openlabel"
-#: Big enough, stored, for several 8 MiB parts: 400 x ~60 KB.
+#: Big enough, stored, for several 5 MiB parts: 400 x ~60 KB.
 BIG = KognicProject(
     project=PROJECT, annotation_types=(TYPE,), count=400, content_size=60_000, page_size=50
 )
@@ -134,7 +134,10 @@ def test_multipart_zip_is_exact(s3_server: S3Server, tmp_path: Path) -> None:
     assert_no_leftovers(s3_server, bucket)
 
 
-@pytest.mark.parametrize("seed", [pytest.param(1, id="seed1"), pytest.param(2, id="seed2")])
+@pytest.mark.parametrize(
+    "seed",
+    [pytest.param(1, id="seed1"), pytest.param(2, id="seed2", marks=pytest.mark.slow)],
+)
 def test_kill_then_resume_from_another_machine(
     s3_server: S3Server, tmp_path: Path, seed: int
 ) -> None:
@@ -272,8 +275,8 @@ def test_annolab_export_to_bucket_is_byte_identical_and_resumes(
         served = fake.export_path(2).read_bytes()
         assert len(served) > 25_000_000
         assert s3_server.get(bucket, "exports/export.zip") == served
-        # The second run went on from the first run's durable parts (8 MiB and more each).
+        # The second run went on from the first run's durable parts (5 MiB and more each).
         starts = [int(r.removeprefix("bytes=").split("-")[0]) for r in fake.stats.download_ranges]
-        assert max(starts) >= 16 << 20
+        assert max(starts) >= 10 << 20
     assert s3_server.keys(bucket) == ["exports/export.zip"]
     assert s3_server.uploads(bucket) == []

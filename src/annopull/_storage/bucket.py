@@ -22,8 +22,8 @@ entries they hold; the rest wait for a later checkpoint. Only then is any of it 
 resume (from any machine) reads the manifests, checks their parts with ListParts, and
 continues the zip at the sum of their sizes, which is where the last manifested entry ends;
 a part uploaded after the last manifest is overwritten by reusing its number. Memory is
-about one part plus the largest entry, never the archive. The part size grows from 8 MiB
-(doubling every 1,000 parts) so 10,000 parts reach ~8 TB.
+about one part plus the largest entry, never the archive. The part size grows from 5 MiB
+(doubling every 1,000 parts) so 10,000 parts reach ~5 TB.
 
 **One run per output.** A fresh run writes ``upload.json`` with ``If-None-Match: *``: a
 second run starting on the same key is refused (the local ``flock`` cannot see another
@@ -59,8 +59,9 @@ __all__ = ["MIN_PART_SIZE", "PART_SIZE", "S3Download", "S3Object", "S3Tree", "st
 
 #: S3's smallest part (all but the last).
 MIN_PART_SIZE: Final = 5 << 20
-#: The first parts' size; see the module docstring for how it grows.
-PART_SIZE: Final = 8 << 20
+#: The first parts' size (S3's least: each buffered part is held ~3 times while it is sent,
+#: by the buffer and the client's copies); see the module docstring for how it grows.
+PART_SIZE: Final = MIN_PART_SIZE
 _MAX_PARTS: Final = 10_000
 #: Objects of a tree being put at once (the client's connection pool holds 32).
 _PUTS_IN_FLIGHT: Final = 32
