@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import orjson
@@ -287,3 +288,34 @@ def test_annolab_export_to_bucket_is_byte_identical_and_resumes(
         assert max(starts) >= 10 << 20
     assert s3_server.keys(bucket) == ["exports/export.zip"]
     assert s3_server.uploads(bucket) == []
+
+
+def test_kognic_scenes_to_bucket(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kognic scenes -o s3://B/KEY.zip`` writes the listed scenes, exactly, to one object."""
+    from annopull._cli import main
+    from annopull.testing import FakeKognic, FakePlatforms
+    from test_cli_kognic_get import PROJECT as SCENES_PROJECT
+    from test_cli_kognic_get import _env as scenes_env
+    from test_cli_kognic_get import _inline, _scene_list
+
+    bucket = s3_server.bucket("scenes")
+    fake = FakeKognic(projects=[SCENES_PROJECT])
+    for name in list(os.environ):
+        if name.startswith(("ANNOPULL_", "KOGNIC_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    with run_in_thread(FakePlatforms(kognic=fake)):
+        for name, value in scenes_env(fake).items():
+            monkeypatch.setenv(name, value)
+        served = list(fake.expected("P", "T"))[:6]
+        _scene_list(tmp_path / "scenes.txt", [e.scene_uuid for e in served])
+        argv = ["kognic", "scenes", "--scene-list", "scenes.txt", "--annotation-type", "T", "-q"]
+        assert main([*argv, "-o", f"s3://{bucket}/picked.zip"]) == 0
+    path = fetch(s3_server, bucket, "picked.zip", tmp_path)
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+        got = {name: archive.read(name) for name in archive.namelist()}
+    assert got == {f"{e.scene_uuid}.json": _inline(e.content) for e in served}
+    assert_no_leftovers(s3_server, bucket)
