@@ -200,10 +200,12 @@ def _header_of(header: Mapping[str, Any], where: str) -> RunHeader:
 
 
 class _MultipartBlob:
-    """The object's bytes since the last durable part, in memory; parts cut at :meth:`sync`.
+    """The object's bytes since the last uploaded part, in memory.
 
-    Patches, reads and cuts reach back to the last cut only: the zip writer patches and cuts
-    only the entry it is writing, and entries never span a sync.
+    Parts are cut where an entry ends (:meth:`mark_boundary`, :meth:`sync`) once a part's
+    worth is buffered, or at any write for a plain download. Patches, reads and cuts reach
+    back to the last cut only: the zip writer patches and cuts only the entry it is
+    writing, which always starts at or after the last entry end.
     """
 
     def __init__(self, storage: S3Object, upload: _Upload, base: int) -> None:
