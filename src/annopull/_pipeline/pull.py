@@ -780,9 +780,6 @@ class _Run(Generic[ItemT]):
             await anyio.to_thread.run_sync(ledger.record, rows)
         self.pending += len(rows)
         due = time.monotonic() - self.last_checkpoint >= _CHECKPOINT_SECONDS
-        state = self.sink.remote_state
-        # An object store's buffer holding a whole part is cut now: memory stays ~one part.
-        due = due or (state is not None and state.checkpoint_due)
         if self.pending >= _CHECKPOINT_ENTRIES or (due and self.pending):
             await self._checkpoint()
 

@@ -48,14 +48,18 @@ def rebuild_ledger(
 
 
 def commit_durable(state: RemoteState | None, ledger: Ledger) -> None:
-    """Commit the ledger's pending rows if the store says their bytes are durable.
+    """Commit the rows of a checkpoint: to the store's state first, when there is one.
 
-    Local outputs (no ``state``) always are: their sink's flush made them so. An object
-    store's rows go into a manifest first; when no part went up yet they stay pending (the
-    ledger's own connection still sees them, for de-duplication) until a later checkpoint.
+    A local output's rows are durable once its sink flushed, and its ledger is the truth.
+    An object store's truth is its state: the rows whose bytes are in uploaded parts go
+    into a manifest there; the others wait for a later checkpoint (their part is not full
+    yet). The local ledger is then only a cache that a resume never trusts (it is rebuilt
+    from the state), so it commits every row, durable or not.
     """
     if state is not None:
-        rows: list[StateRow] = [(r.key, r.version, r.name, r.receipt) for r in ledger.pending()]
-        if not state.commit(rows):
-            return
+        rows: list[StateRow] = [
+            (r.key, r.version, r.name, r.receipt) for r in ledger.rows_after(state.committed)
+        ]
+        if rows:
+            state.commit(rows)
     ledger.commit()

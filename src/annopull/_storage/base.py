@@ -69,8 +69,8 @@ class RemoteState(Protocol):
         """Where the state lives, as shown to a person."""
 
     @property
-    def checkpoint_due(self) -> bool:
-        """Whether enough is buffered that a checkpoint should cut it now (bounds memory)."""
+    def committed(self) -> int:
+        """How many rows are recorded as durable (an unfinished run's included)."""
 
     def prepare(self) -> None:
         """Check the store answers (a missing bucket is a ConfigError now, before any
@@ -89,11 +89,13 @@ class RemoteState(Protocol):
     def rows(self) -> Iterator[StateRow]:
         """Every committed row of the unfinished run, in write order."""
 
-    def commit(self, rows: Sequence[StateRow]) -> bool:
-        """Record ``rows`` if every byte written so far is durable; return whether it was.
+    def commit(self, rows: Sequence[StateRow]) -> int:
+        """Record the first of ``rows`` whose bytes are durable; return how many.
 
-        ``False``: nothing more is durable yet (an object store's part is not full); the
-        caller keeps ``rows`` pending and offers them again with the next ones.
+        ``rows`` are the entries written since the last :attr:`committed`, in write order.
+        An object store's entries are durable once the part holding them went up, so the
+        last few may have to wait (the next part is not full yet): the caller offers them
+        again, with the next ones, at its next checkpoint.
         """
 
     def clear(self) -> None:
@@ -136,7 +138,14 @@ class Blob(Protocol):
         """Make everything written so far durable (what a checkpoint stands on).
 
         A blob with :class:`RemoteState` may keep small writes buffered (an upload part has
-        a minimum size); its state's ``commit`` says whether they became durable.
+        a minimum size); its state's ``commit`` says which entries became durable.
+        """
+
+    def mark_boundary(self) -> None:
+        """Note that an entry ended here: nothing before will be patched or cut again.
+
+        Writers call it once per finished entry; an object store may upload what is before
+        it as a part now (and count the entries each part holds).
         """
 
     def close(self) -> None:

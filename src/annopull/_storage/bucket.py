@@ -11,16 +11,19 @@
     s3://b/prefix/                  S3Tree: one PutObject per entry
     s3://b/prefix/.annopull/        its resume state: upload.json, rows-*.jsonl
 
-**Parts hold whole entries.** A part is cut only at :meth:`Blob.sync`, which the pipeline
-calls at checkpoints, between entries; a part must be at least 5 MiB (all but the last), so a
-sync with less buffered uploads nothing, and :meth:`RemoteState.commit` answers ``False``:
-the pipeline keeps those ledger rows pending. When a part did go up, ``commit`` writes the
-manifest naming it and its rows; only then is any of it durable. A resume (from any machine)
-reads the manifests, checks their parts with ListParts, and continues the zip at the sum of
-their sizes; a part uploaded after the last manifest is overwritten by reusing its number.
-Memory is the unsynced buffer: about one part (``checkpoint_due`` asks for a checkpoint once
-a part's worth is buffered) plus the largest entry, never the archive. The part size grows
-from 8 MiB (doubling every 1,000 parts) so 10,000 parts reach ~8 TB.
+**Parts hold whole entries.** A part is cut only where an entry ends
+(:meth:`Blob.mark_boundary`, which the zip and JSON Lines writers call once per finished
+entry, and :meth:`Blob.sync` at checkpoints), once a part's worth is buffered: a part must be
+at least 5 MiB (all but the last), and nothing before an entry's end is ever patched or cut
+again. The blob counts the entries each uploaded part completes. At a checkpoint
+:meth:`RemoteState.commit` gets the ledger rows written since the last manifest, in write
+order, and writes the next manifest: the parts uploaded since, and the rows of exactly the
+entries they hold; the rest wait for a later checkpoint. Only then is any of it durable. A
+resume (from any machine) reads the manifests, checks their parts with ListParts, and
+continues the zip at the sum of their sizes, which is where the last manifested entry ends;
+a part uploaded after the last manifest is overwritten by reusing its number. Memory is
+about one part plus the largest entry, never the archive. The part size grows from 5 MiB
+(doubling every 1,000 parts) so 10,000 parts reach ~5 TB.
 
 **One run per output.** A fresh run writes ``upload.json`` with ``If-None-Match: *``: a
 second run starting on the same key is refused (the local ``flock`` cannot see another
@@ -56,8 +59,9 @@ __all__ = ["MIN_PART_SIZE", "PART_SIZE", "S3Download", "S3Object", "S3Tree", "st
 
 #: S3's smallest part (all but the last).
 MIN_PART_SIZE: Final = 5 << 20
-#: The first parts' size; see the module docstring for how it grows.
-PART_SIZE: Final = 8 << 20
+#: The first parts' size (S3's least: each buffered part is held ~3 times while it is sent,
+#: by the buffer and the client's copies); see the module docstring for how it grows.
+PART_SIZE: Final = MIN_PART_SIZE
 _MAX_PARTS: Final = 10_000
 #: Objects of a tree being put at once (the client's connection pool holds 32).
 _PUTS_IN_FLIGHT: Final = 32
@@ -86,7 +90,9 @@ class _Upload:
     upload_id: str
     committed: list[PartInfo] = field(default_factory=list)
     pending: list[PartInfo] = field(default_factory=list)  # uploaded, in no manifest yet
-    buffered: int = 0
+    #: Entries the pending parts hold, and entry ends still in the buffer (positions).
+    uploaded_entries: int = 0
+    ends: list[int] = field(default_factory=list)
 
     @property
     def next_number(self) -> int:
@@ -105,6 +111,8 @@ class _State:
         self.output = output
         self.prefix = state_prefix(output)
         self.manifests = 0
+        #: Rows the manifests hold.
+        self.rows = 0
         #: The manifests' first lines (their parts), once every manifest was read.
         self.heads: list[Any] | None = None
 
@@ -143,6 +151,7 @@ class _State:
             o.url for o in self.client.list_objects(self.prefix) if o.url.name.startswith("rows-")
         ]
         heads = []
+        self.rows = 0
         for number, url in enumerate(names, start=1):
             if url.name != _MANIFEST.format(number):
                 raise ResumeError(f"resume state lacks {_MANIFEST.format(number)}", item=str(url))
@@ -153,6 +162,7 @@ class _State:
             heads.append(lines[0])
             yield lines
             self.manifests = number
+            self.rows += len(lines) - 1
         self.heads = heads
 
     def write_manifest(self, head: Mapping[str, Any], rows: Sequence[StateRow]) -> None:
@@ -170,10 +180,11 @@ class _State:
                 item=str(self.prefix),
             ) from None
         self.manifests += 1
+        self.rows += len(rows)
 
     def clear(self) -> None:
         self.client.delete([o.url for o in self.client.list_objects(self.prefix)])
-        self.manifests = 0
+        self.manifests = self.rows = 0
 
 
 def _rows_of(lines: Iterable[list[Any]]) -> Iterator[StateRow]:
@@ -189,10 +200,12 @@ def _header_of(header: Mapping[str, Any], where: str) -> RunHeader:
 
 
 class _MultipartBlob:
-    """The object's bytes since the last durable part, in memory; parts cut at :meth:`sync`.
+    """The object's bytes since the last uploaded part, in memory.
 
-    Patches, reads and cuts reach back to the last cut only: the zip writer patches and cuts
-    only the entry it is writing, and entries never span a sync.
+    Parts are cut where an entry ends (:meth:`mark_boundary`, :meth:`sync`) once a part's
+    worth is buffered, or at any write for a plain download. Patches, reads and cuts reach
+    back to the last cut only: the zip writer patches and cuts only the entry it is
+    writing, which always starts at or after the last entry end.
     """
 
     def __init__(self, storage: S3Object, upload: _Upload, base: int) -> None:
@@ -234,6 +247,10 @@ class _MultipartBlob:
     def truncate(self, size: int) -> None:
         del self._buffer[self._reach(size) :]
 
+    def mark_boundary(self) -> None:
+        self.upload.ends.append(self.position)
+        self.sync()
+
     def sync(self) -> None:
         if len(self._buffer) >= self._storage.part_threshold(self.upload.next_number):
             self.upload_buffer()
@@ -243,12 +260,22 @@ class _MultipartBlob:
         number = self.upload.next_number
         if number > _MAX_PARTS:
             raise StorageError("the object outgrew 10,000 parts", url=self._storage.description)
-        part = self._storage.client.upload_part(
-            self._storage.url, self.upload.upload_id, number, bytes(self._buffer)
-        )
+        # Copied once into the bytes the client sends, and the buffer freed before the
+        # request: a part's worth is held twice only for the copy.
+        data, self._buffer = bytes(self._buffer), bytearray()
+        try:
+            part = self._storage.client.upload_part(
+                self._storage.url, self.upload.upload_id, number, data
+            )
+        except BaseException:
+            self._buffer = bytearray(data)
+            raise
         self.upload.pending.append(part)
-        self._base += len(self._buffer)
-        self._buffer = bytearray()
+        self._base += len(data)
+        upload = self.upload
+        done = sum(1 for end in upload.ends if end <= self._base)
+        upload.uploaded_entries += done
+        del upload.ends[:done]
         self._storage.uploaded(self)
 
     def close(self) -> None:
@@ -411,6 +438,7 @@ class S3Object:
         self._state.write_manifest(head, rows)
         upload.committed += upload.pending
         upload.pending = []
+        upload.uploaded_entries = 0
 
     def closed_unpublished(self, blob: _MultipartBlob) -> None:
         if not blob.upload.committed:
@@ -440,11 +468,8 @@ class _ObjectState:
         return self._storage.state.description
 
     @property
-    def checkpoint_due(self) -> bool:
-        blob = self._storage.blob
-        return blob is not None and blob.buffered >= self._storage.part_threshold(
-            blob.upload.next_number
-        )
+    def committed(self) -> int:
+        return self._storage.state.rows
 
     def prepare(self) -> None:
         self._storage.state.check()
@@ -461,14 +486,16 @@ class _ObjectState:
         for lines in self._storage.state.manifest_lines():
             yield from _rows_of(lines[1:])
 
-    def commit(self, rows: Sequence[StateRow]) -> bool:
+    def commit(self, rows: Sequence[StateRow]) -> int:
         blob = self._storage.blob
-        if blob is None or not rows:
-            return True
-        if blob.buffered or not blob.upload.pending:
-            return False
-        self._storage.commit_parts(blob.upload, rows)
-        return True
+        if blob is None or not blob.upload.pending:
+            return 0
+        held = blob.upload.uploaded_entries
+        if held > len(rows):
+            # Parts hold entries whose rows are not recorded yet: wait for them.
+            return 0
+        self._storage.commit_parts(blob.upload, rows[:held])
+        return held
 
     def clear(self) -> None:
         self._storage.state.clear()
@@ -565,8 +592,8 @@ class _TreeState:
         return self._tree.state.description
 
     @property
-    def checkpoint_due(self) -> bool:
-        return False
+    def committed(self) -> int:
+        return self._tree.state.rows
 
     def prepare(self) -> None:
         self._tree.state.check()
@@ -583,10 +610,10 @@ class _TreeState:
         for lines in self._tree.state.manifest_lines():
             yield from _rows_of(lines[1:])
 
-    def commit(self, rows: Sequence[StateRow]) -> bool:
+    def commit(self, rows: Sequence[StateRow]) -> int:
         if rows:
             self._tree.state.write_manifest({"parts": []}, rows)
-        return True
+        return len(rows)
 
     def clear(self) -> None:
         self._tree.state.clear()

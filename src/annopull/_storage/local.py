@@ -68,6 +68,9 @@ class _FileBlob:
         self._stream.flush()
         os.fsync(self._stream.fileno())
 
+    def mark_boundary(self) -> None:
+        """Nothing to do: a file is durable by sync alone."""
+
     def close(self) -> None:
         if not self._stream.closed:
             self._stream.close()

@@ -42,6 +42,9 @@ class _StreamBlob:
     def sync(self) -> None:
         self._stream.flush()
 
+    def mark_boundary(self) -> None:
+        """Nothing to do: a file is durable by sync alone."""
+
     def close(self) -> None:
         """The stream belongs to the caller: it is flushed, never closed."""
         self._stream.flush()

@@ -146,6 +146,7 @@ class _Archive:
         else:
             self._write_tail(entry, data)
         entry.finished = True
+        self.blob.mark_boundary()
         return CentralRow(
             name=entry.name.decode(),
             offset=entry.offset,
