@@ -16,7 +16,7 @@ import anyio
 import orjson
 
 from annopull._client import Client
-from annopull._config import Config
+from annopull._config import PROGRESS_MODES, Config
 from annopull._errors import (
     AnnopullError,
     AuthError,
@@ -26,6 +26,7 @@ from annopull._errors import (
 )
 from annopull._pipeline.pull import PullReport, parse_shard
 from annopull._progress import (
+    JsonProgress,
     NullProgress,
     Progress,
     TerminalProgress,
@@ -92,13 +93,25 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         help="write a JSON summary of the run (counts, each failed item with its reason)",
     )
     group.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        help="progress on stderr: auto (a bar on a terminal, a line every 10 s elsewhere), "
+        "bar, json (one JSON object a line every second, for log pipelines) or none "
+        "(default from config: auto)",
+    )
+    group.add_argument(
         "-q", "--quiet", action="store_true", help="no progress display; errors still print"
     )
 
 
 def engine_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The ``[engine]`` settings given as flags."""
-    return {"engine": {"concurrency": getattr(args, "concurrency", None)}}
+    return {
+        "engine": {
+            "concurrency": getattr(args, "concurrency", None),
+            "progress": getattr(args, "progress", None),
+        }
+    }
 
 
 #: More would only queue in the kernel and the server; memory grows with it.
@@ -122,12 +135,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def make_progress(ctx: Context, label: str) -> TerminalProgress | None:
-    """The live display for a job, or ``None`` when quiet."""
-    return None if ctx.quiet else TerminalProgress(label)
+#: A progress display the CLI shows around a job (a context manager that can watch the
+#: transport's flow control).
+Display = TerminalProgress | JsonProgress
 
 
-def progress_or_null(progress: TerminalProgress | None) -> Progress:
+def make_progress(
+    ctx: Context, label: str, *, shard: tuple[int, int] | None = None
+) -> Display | None:
+    """The display ``--progress`` (or ``[engine] progress``) asks for; ``None`` when quiet.
+
+    Args:
+        ctx: the command's context.
+        label: what the job is.
+        shard: ``(k, n)`` when the job is one shard, for the JSON lines.
+    """
+    mode = "none" if ctx.quiet else ctx.config.engine.progress
+    if mode == "none":
+        return None
+    if mode == "json":
+        return JsonProgress(label, shard=shard)
+    return TerminalProgress(label, live=True if mode == "bar" else None)
+
+
+def progress_or_null(progress: Display | None) -> Progress:
     return progress if progress is not None else NullProgress()
 
 
@@ -230,13 +261,20 @@ Pull = Callable[[Client, Progress], Awaitable[PullReport]]
 
 
 async def run_pull(
-    ctx: Context, sink: Sink, pull: Pull, *, label: str, noun: str, summary: Path | None
+    ctx: Context,
+    sink: Sink,
+    pull: Pull,
+    *,
+    label: str,
+    noun: str,
+    summary: Path | None,
+    shard: tuple[int, int] | None = None,
 ) -> int:
     """Run ``pull`` with a client and a progress display; print and write its summary.
 
     A stop signal prints how to continue; exit 0 when every item arrived, 1 when some failed.
     """
-    progress = make_progress(ctx, label)
+    progress = make_progress(ctx, label, shard=shard)
     try:
         async with ctx.client() as client:
             if progress is not None:

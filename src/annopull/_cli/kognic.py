@@ -114,7 +114,9 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         )
 
     label = f"kognic {args.project}/{args.annotation_type}"
-    return await run_pull(ctx, sink, pull, label=label, noun="annotations", summary=args.summary)
+    return await run_pull(
+        ctx, sink, pull, label=label, noun="annotations", summary=args.summary, shard=args.shard
+    )
 
 
 def _check_not_replaced(previous: Path, output: str) -> None:

@@ -91,5 +91,11 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         )
 
     return await run_pull(
-        ctx, sink, pull, label=f"urls {urls.origin}", noun="files", summary=args.summary
+        ctx,
+        sink,
+        pull,
+        label=f"urls {urls.origin}",
+        noun="files",
+        summary=args.summary,
+        shard=args.shard,
     )
