@@ -33,7 +33,7 @@ from annopull._progress import (
     describe_transfer,
     format_bytes,
 )
-from annopull._redact import redact
+from annopull._redact import redact, redact_data
 from annopull._sinks import Sink, sink_for
 
 __all__ = [
@@ -118,21 +118,24 @@ def engine_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 MAX_CONCURRENCY = 1024
 
 
-def _concurrency(text: str) -> int:
-    value = _positive_int(text)
-    if value > MAX_CONCURRENCY:
-        raise argparse.ArgumentTypeError(f"at most {MAX_CONCURRENCY}, got {value}")
-    return value
+def positive_int(most: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from 1 to ``most``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        if value > most:
+            raise argparse.ArgumentTypeError(f"at most {most}, got {value}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+_concurrency = positive_int(MAX_CONCURRENCY)
 
 
 #: A progress display the CLI shows around a job (a context manager that can watch the
@@ -197,19 +200,8 @@ def write_summary(path: Path | None, summary: Mapping[str, Any]) -> None:
     if path is None:
         return
     temp = path.with_name(path.name + ".tmp")
-    temp.write_bytes(orjson.dumps(_redacted(summary), option=orjson.OPT_INDENT_2) + b"\n")
+    temp.write_bytes(orjson.dumps(redact_data(summary), option=orjson.OPT_INDENT_2) + b"\n")
     temp.replace(path)
-
-
-def _redacted(value: Any) -> Any:
-    """``value`` with every string in it, at any depth, passed through ``redact``."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, Mapping):
-        return {_redacted(key): _redacted(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redacted(item) for item in value]
-    return value
 
 
 def print_summary(report: PullReport, *, noun: str) -> None:
