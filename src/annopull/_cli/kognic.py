@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from annopull._cli.common import Context, add_engine_options, output_sink, run_pull, shard_arg
+from annopull._cli.shards import SHARDS_EPILOG, add_shard_options, run_sharded, sharded
 from annopull._client import Client
 from annopull._errors import ConfigError
 from annopull._pipeline.pull import PullReport, Selection, parse_time
 from annopull._progress import Progress
+from annopull._sinks import Sink
 
 __all__ = ["register"]
 
-EPILOG = """\
+EPILOG = (
+    """\
 output kinds (-o):
   out.zip       a zip, one entry {scene_uuid}.json per annotation (written as out.zip.part,
                 renamed when complete; out.zip.journal beside it while running)
@@ -28,10 +32,16 @@ examples:
   annopull kognic --project P --annotation-type T -o nightly/ --since 2026-11-01T00:00:00Z
   annopull kognic --project P --annotation-type T -o day.zip --skip-existing previous.zip
   annopull kognic --project P --annotation-type T -o part3.zip --shard 3/8
+  annopull kognic --project P --annotation-type T -o backfill/ --shards 16 --ray auto
+  annopull kognic --project P --annotation-type T -o backfill/ --shards 16 --ray auto --resume
 
+"""
+    + SHARDS_EPILOG
+    + """
 credentials: KOGNIC_CREDENTIALS (a credentials JSON file) or KOGNIC_CLIENT_ID and
 KOGNIC_CLIENT_SECRET.
 """
+)
 
 
 def register(sub: Any) -> None:
@@ -82,6 +92,7 @@ def register(sub: Any) -> None:
         help="only shard K of N (1-based; stable hash of the scene uuid), to split one "
         "project across N processes or machines",
     )
+    add_shard_options(parser)
     add_engine_options(parser)
     parser.set_defaults(run=run)
 
@@ -93,27 +104,52 @@ def _time(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-async def run(args: argparse.Namespace, ctx: Context) -> int:
-    """Run the pull; exit 0 when every item arrived, 1 when some failed."""
-    sink = output_sink(args.output, ctx)
-    if args.skip_existing is not None:
-        _check_not_replaced(args.skip_existing, args.output)
-    selection = Selection(since=args.since, skip_existing=args.skip_existing, shard=args.shard)
+@dataclass(frozen=True, kw_only=True)
+class KognicPull:
+    """One type's annotations of a project (or batch): what a run, or each shard, pulls."""
 
-    async def pull(client: Client, progress: Progress) -> PullReport:
+    project: str
+    annotation_type: str
+    batch: str | None
+    cartesian: bool
+
+    async def __call__(
+        self, client: Client, sink: Sink, *, selection: Selection, resume: bool, progress: Progress
+    ) -> PullReport:
         kognic = client.kognic  # credentials are checked before any display starts
         return await kognic.download(
-            args.project,
-            args.annotation_type,
-            batch=args.batch,
+            self.project,
+            self.annotation_type,
+            batch=self.batch,
             sink=sink,
             selection=selection,
-            resume=args.resume,
-            cartesian=args.cartesian,
+            resume=resume,
+            cartesian=self.cartesian,
             progress=progress,
         )
 
+
+async def run(args: argparse.Namespace, ctx: Context) -> int:
+    """Run the pull; exit 0 when every item arrived, 1 when some failed."""
+    if args.skip_existing is not None:
+        _check_not_replaced(args.skip_existing, args.output)
+    what = KognicPull(
+        project=args.project,
+        annotation_type=args.annotation_type,
+        batch=args.batch,
+        cartesian=args.cartesian,
+    )
     label = f"kognic {args.project}/{args.annotation_type}"
+    selection = Selection(since=args.since, skip_existing=args.skip_existing, shard=args.shard)
+    if sharded(args):
+        return await run_sharded(
+            args, ctx, pull=what, label=label, noun="annotations", selection=selection
+        )
+    sink = output_sink(args.output, ctx)
+
+    async def pull(client: Client, progress: Progress) -> PullReport:
+        return await what(client, sink, selection=selection, resume=args.resume, progress=progress)
+
     return await run_pull(
         ctx, sink, pull, label=label, noun="annotations", summary=args.summary, shard=args.shard
     )

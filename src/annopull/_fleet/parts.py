@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -60,6 +61,13 @@ class PartStore(Protocol):
     def description(self) -> str:
         """The prefix as the user gave it (``out/``, ``s3://bucket/prefix/``)."""
 
+    def prepare(self) -> None:
+        """Make the prefix ready for a run's parts (create the folder).
+
+        Raises:
+            ConfigError: it cannot be created.
+        """
+
     def output(self, name: str) -> str:
         """The ``-o`` of the object ``name`` under the prefix."""
 
@@ -87,11 +95,19 @@ class LocalParts:
     """
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
+        # Absolute: the tasks of a run need not share the driver's working folder.
+        self.folder = folder.absolute()
+        self._shown = f"{str(folder).rstrip(os.sep)}{os.sep}"
 
     @property
     def description(self) -> str:
-        return f"{self.folder}{os.sep}"
+        return self._shown
+
+    def prepare(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {self._shown}: {exc.strerror}") from None
 
     def output(self, name: str) -> str:
         return str(self.folder / name)
@@ -114,11 +130,15 @@ class LocalParts:
 
     def write(self, name: str, path: Path) -> None:
         final = self.folder / name
+        # Copied beside the final name first: ``path`` may be on another file system.
+        temp = self.folder / f".{name}.tmp"
         try:
-            fsync_path(path)
-            os.replace(path, final)
+            shutil.copyfile(path, temp)
+            fsync_path(temp)
+            os.replace(temp, final)
             fsync_path(self.folder)
         except OSError as exc:
+            temp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {name}: {exc.strerror}", path=final) from exc
 
     def size(self, name: str) -> int:
