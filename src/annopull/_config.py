@@ -32,6 +32,7 @@ __all__ = [
     "KognicCredentials",
     "RetryPolicy",
     "Secret",
+    "StorageConfig",
     "load_annolab_key",
     "load_config",
     "load_kognic_credentials",
@@ -162,12 +163,30 @@ class AnnoLabConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StorageConfig:
+    """Where ``s3://`` outputs go; credentials come from the standard AWS chain.
+
+    Args:
+        endpoint_url: an S3-compatible store (MinIO, R2, GCS interop); empty for
+            ``AWS_ENDPOINT_URL`` or, without it, AWS itself.
+        region: the region; empty for the AWS chain's (``AWS_REGION``, the profile).
+        addressing_style: ``path``, ``virtual`` or empty (``auto``); many self-hosted stores
+            need ``path``.
+    """
+
+    endpoint_url: str = ""
+    region: str = ""
+    addressing_style: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """All settings of a client."""
 
     kognic: KognicConfig = field(default_factory=KognicConfig)
     annolab: AnnoLabConfig = field(default_factory=AnnoLabConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +201,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "kognic": KognicConfig,
     "annolab": AnnoLabConfig,
     "engine": EngineConfig,
+    "storage": StorageConfig,
 }
 _RETRY_KEYS = {f.name for f in dataclasses.fields(RetryPolicy)}
 
@@ -303,6 +323,7 @@ _MORE_THAN_ZERO = frozenset(
 )
 #: What ``[engine] progress`` (and ``--progress``) accept.
 PROGRESS_MODES = ("auto", "bar", "json", "none")
+_STYLES = frozenset({"", "auto", "path", "virtual"})
 #: The most downloads in flight a run may ask for; more only queue in the kernel.
 MAX_CONCURRENCY = 1024
 
@@ -316,8 +337,18 @@ def _validated(section: Any) -> Any:
             raise ConfigError(f"{spec.name} must not be negative, got {value}")
         if spec.name in _MORE_THAN_ZERO and not value > 0:
             raise ConfigError(f"{spec.name} must be more than 0, got {value}")
-        if spec.name.endswith("_url") and not str(value).startswith(("http://", "https://")):
+        # An empty endpoint_url means "the AWS chain's"; every other URL must be set.
+        optional = isinstance(section, StorageConfig) and value == ""
+        if (
+            spec.name.endswith("_url")
+            and not optional
+            and not str(value).startswith(("http://", "https://"))
+        ):
             raise ConfigError(f"{spec.name} must be an http(s) URL, got {value!r}")
+    if isinstance(section, StorageConfig) and section.addressing_style not in _STYLES:
+        raise ConfigError(
+            f"addressing_style must be path, virtual or empty, got {section.addressing_style!r}"
+        )
     if isinstance(section, AnnoLabConfig) and section.poll_backoff < 1:
         raise ConfigError(f"poll_backoff must be at least 1, got {section.poll_backoff}")
     if isinstance(section, EngineConfig):
