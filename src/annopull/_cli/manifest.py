@@ -41,7 +41,9 @@ def register(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("prefix", metavar="PREFIX", help="the folder/ the parts are in")
+    parser.add_argument(
+        "prefix", metavar="PREFIX", help="the folder/ or s3://BUCKET/PREFIX/ the parts are in"
+    )
     parser.add_argument(
         "--shards",
         type=positive_int(MAX_SHARDS),
@@ -53,7 +55,7 @@ def register(sub: Any) -> None:
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     """Build the manifest; exit 0 when the set is complete and clean, 1 otherwise."""
-    store = store_for(args.prefix)
+    store = store_for(args.prefix, storage=ctx.config.storage)
     report = await anyio.to_thread.run_sync(
         lambda: build_manifest(store, shards=args.shards), abandon_on_cancel=True
     )

@@ -97,7 +97,7 @@ async def run_sharded(
     job = ShardJob(
         label=label,
         pull=pull,
-        store=store_for(args.output),
+        store=store_for(args.output, storage=ctx.config.storage),
         shards=args.shards,
         config=ctx.config,
         env=task_env(ctx.env, ctx.config),

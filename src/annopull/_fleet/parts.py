@@ -18,8 +18,10 @@ from enum import Enum
 from pathlib import Path
 from typing import IO, Final, Protocol
 
+from annopull._config import StorageConfig
 from annopull._errors import ConfigError, StorageError
 from annopull._storage.durability import fsync_path
+from annopull._storage.s3 import S3Url, is_s3_url
 
 __all__ = [
     "MANIFEST_NAME",
@@ -145,12 +147,26 @@ class LocalParts:
         return (self.folder / name).stat().st_size
 
 
-def store_for(prefix: str) -> PartStore:
-    """The store a prefix names (a folder; ``s3://`` once the object store is there).
+def store_for(prefix: str, *, storage: StorageConfig | None = None) -> PartStore:
+    """The store a prefix names: a local folder, or ``s3://BUCKET/PREFIX/``.
+
+    Args:
+        prefix: the ``-o`` of a sharded run, or what ``annopull manifest`` is given.
+        storage: the ``[storage]`` settings, for an object store.
 
     Raises:
-        ConfigError: ``prefix`` is not a folder (it must end in ``/`` or exist as one).
+        ConfigError: ``prefix`` is not a folder or a prefix (it must end in ``/`` or be an
+            existing folder).
     """
+    if is_s3_url(prefix):
+        url = S3Url.parse(prefix)
+        if not url.is_prefix:
+            raise ConfigError(
+                f"a sharded run writes its parts under a prefix: end it in '/', not {prefix!r}"
+            )
+        from annopull._fleet.bucket import BucketParts  # the object store only when named
+
+        return BucketParts(url, storage=storage or StorageConfig())
     if prefix.endswith(("/", os.sep)) or Path(prefix).is_dir():
         return LocalParts(Path(prefix))
     raise ConfigError(

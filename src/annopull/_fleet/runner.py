@@ -480,6 +480,9 @@ async def _pull_shard(job: ShardJob, k: int, board: Any) -> ShardOutcome:
     if parts.states[k - 1] is PartState.COMPLETE:
         # A rerun of a task whose worker died after finishing the part.
         return ShardOutcome(shard=k)
+    # An object store's client finds its credentials in the process environment (the
+    # AWS chain), not in the mapping the Client reads.
+    os.environ.update({k: v for k, v in job.env.values().items() if k.startswith("AWS_")})
     engine = job.config.engine
     sink = sink_for(job.store.output(part_name(k, n)), compress_level=engine.compress_level)
     progress = JsonProgress(
