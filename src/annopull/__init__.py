@@ -66,6 +66,7 @@ from annopull._sources.annolab import (
     ProjectExport,
 )
 from annopull._sources.kognic import Annotation, AnnotationRef, KognicSource
+from annopull._sources.kognic_reads import SceneAnnotation, read_scene_list
 from annopull._sources.urls import UrlList, UrlSource, read_url_list
 from annopull._version import __version__ as __version__
 
@@ -113,6 +114,7 @@ __all__ = [
     "RetryBudgetExhaustedError",
     "RetryPolicy",
     "RetryableStatusError",
+    "SceneAnnotation",
     "Secret",
     "Selection",
     "Sink",
@@ -130,6 +132,7 @@ __all__ = [
     "ZipSink",
     "load_config",
     "pull",
+    "read_scene_list",
     "read_url_list",
     "sink_for",
 ]

@@ -136,10 +136,19 @@ class EngineConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class KognicConfig:
-    """Where Kognic lives; credentials come from :func:`load_kognic_credentials`."""
+    """Where Kognic lives; credentials come from :func:`load_kognic_credentials`.
+
+    Args:
+        api_url: the input API (annotation listings and reads).
+        auth_url: the OAuth2 token host.
+        annotation_integration_url: the annotation-integration API (annotations by id);
+            the same token is sent to it.
+        credentials: a credentials JSON file, as ``KOGNIC_CREDENTIALS``.
+    """
 
     api_url: str = "https://input.app.kognic.com"
     auth_url: str = "https://auth.app.kognic.com"
+    annotation_integration_url: str = "https://annotation-integration.app.kognic.com"
     credentials: Path | None = None
 
 

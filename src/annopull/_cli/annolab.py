@@ -146,12 +146,14 @@ def _register_project(kinds: Any) -> None:
         help="the group that owns the project(s)",
     )
     _add_projects(parser, allow_id=True)
-    parser.add_argument("--include-sources", action="store_true", help="add sources.jsonl")
     parser.add_argument(
-        "--include-annotation-types", action="store_true", help="add annotation_types.jsonl"
+        "--include-sources", action="store_true", help="add <project>.sources.jsonl"
     )
     parser.add_argument(
-        "--include-text-bounds", action="store_true", help="add text bounds to annotations"
+        "--include-annotation-types", action="store_true", help="add <project>.atntypes.jsonl"
+    )
+    parser.add_argument(
+        "--include-text-bounds", action="store_true", help="add <project>.text-bounds.jsonl"
     )
     parser.add_argument(
         "--source-id",

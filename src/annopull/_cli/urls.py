@@ -8,7 +8,14 @@ from typing import Any
 
 import anyio
 
-from annopull._cli.common import Context, add_engine_options, output_sink, run_pull, shard_arg
+from annopull._cli.common import (
+    Context,
+    add_engine_options,
+    add_output_options,
+    add_shard_option,
+    output_sink,
+    run_pull,
+)
 from annopull._cli.shards import SHARDS_EPILOG, add_shard_options, run_sharded, sharded
 from annopull._client import Client
 from annopull._pipeline.pull import PullReport, Selection
@@ -46,12 +53,10 @@ examples:
   annopull urls urls.txt -o part2.zip --shard 2/4 --summary run.json
   annopull urls urls.txt -o parts/ --shards 4 --ray local
 
+No credentials are needed, and no Authorization header is sent to the URLs.
+
 """
     + SHARDS_EPILOG
-    + """
-
-No credentials are needed, and no Authorization header is sent to the URLs.
-"""
 )
 
 
@@ -67,23 +72,8 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "list", metavar="LIST", help="file of URLs, one a line (URL or URL<TAB>NAME); - for stdin"
     )
-    where = parser.add_argument_group("output")
-    where.add_argument(
-        "-o", "--output", required=True, metavar="OUT", help="out.zip, -, folder/ or out.jsonl"
-    )
-    where.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the interrupted run whose journal is beside OUT (a fresh run if none); "
-        "LIST must hold the same entries",
-    )
-    where.add_argument(
-        "--shard",
-        type=shard_arg,
-        metavar="K/N",
-        help="only shard K of N (1-based; stable hash of NAME, else the URL), to split one "
-        "list across N processes or machines",
-    )
+    where = add_output_options(parser, resume_note="; LIST must hold the same entries")
+    add_shard_option(where, hashed="NAME, else the URL", of="list")
     add_shard_options(parser)
     add_engine_options(parser)
     parser.set_defaults(run=run)
@@ -106,18 +96,17 @@ class UrlsPull:
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     """Fetch the list; exit 0 when every URL arrived, 1 when some failed."""
-    is_sharded = sharded(args)
-    sink = None if is_sharded else output_sink(args.output, ctx)
+    sink = None if sharded(args) else output_sink(args.output, ctx)
     # Checked whole before any output exists or anything is fetched.
     urls = await anyio.to_thread.run_sync(read_url_list, args.list, abandon_on_cancel=True)
     what, label = UrlsPull(urls=urls), f"urls {urls.origin}"
+    selection = Selection(shard=args.shard)
     if sink is None:
         return await run_sharded(
-            args, ctx, pull=what, label=label, noun="files", selection=Selection()
+            args, ctx, pull=what, label=label, noun="files", selection=selection
         )
 
     async def pull(client: Client, progress: Progress) -> PullReport:
-        selection = Selection(shard=args.shard)
         return await what(client, sink, selection=selection, resume=args.resume, progress=progress)
 
     return await run_pull(

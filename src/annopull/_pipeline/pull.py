@@ -114,15 +114,24 @@ class Source(Protocol[ItemT]):
 
     @property
     def fingerprint(self) -> Mapping[str, str]:
-        """What this run is for (e.g. project, type); a resume must match it."""
+        """What this run is for (e.g. project, type); a resume must match it.
+
+        Read once the first item is listed (or the listing ended empty), so a source may
+        learn it from reading its list.
+        """
 
     def items(self) -> AsyncGenerator[ItemT, None]:
         """List the items lazily (read ahead no further than the fetches need)."""
 
     async def fetch(
         self, item: ItemT, target: ByteTarget, *, on_bytes: Callable[[int], None]
-    ) -> None:
-        """Fetch ``item``'s bytes into ``target``; raise :class:`AnnopullError` for a failure."""
+    ) -> ItemT | None:
+        """Fetch ``item``'s bytes into ``target``; raise :class:`AnnopullError` for a failure.
+
+        Returns ``None``, or the item as its answer described it when the listing could not
+        (a list of scene uuids tells no versions): that item is the one written and
+        journaled, and ``since`` and skip-existing are checked on it.
+        """
 
 
 #: Between fetch and write: gets the item and its bytes, returns the bytes to write (the same
@@ -265,6 +274,16 @@ class Selector:
         selection = self.selection
         if selection.shard is not None and not in_shard(item.key, selection.shard):
             return False
+        # An item listed without a version is checked once its fetch has told it.
+        return not item.version or self.wants_version(item)
+
+    def wants_version(self, item: Item) -> bool:
+        """Whether ``item``'s version passes ``since`` and skip-existing.
+
+        Raises:
+            TransferError: the item's version is not a time, and ``since`` needs one.
+        """
+        selection = self.selection
         if selection.since is not None:
             try:
                 if parse_time(item.version) <= selection.since:
@@ -375,6 +394,7 @@ async def pull_through(
     *,
     selection: Selection | None = None,
     resume: bool = False,
+    stage: Stage[ItemT] | None = None,
     progress: Progress | None = None,
     spool_dir: Path | None = None,
 ) -> PullReport:
@@ -390,6 +410,7 @@ async def pull_through(
         sink,
         selection=selection,
         resume=resume,
+        stage=stage,
         progress=progress,
         concurrency=engine.concurrency,
         spool_memory=engine.spool_memory,
@@ -428,6 +449,8 @@ class _Run(Generic[ItemT]):
         self.created: Path | None = None  # a folder made for this run's output
         self.pending = 0
         self.last_checkpoint = time.monotonic()
+        #: Items whose fetch described them anew, by the spool holding their bytes.
+        self.learned: dict[Spool, ItemT] = {}
 
     async def go(self, *, resume: bool, concurrency: int) -> PullReport:
         lock = await anyio.to_thread.run_sync(self._lock_output)
@@ -571,7 +594,13 @@ class _Run(Generic[ItemT]):
     async def _fetch(self, item: ItemT) -> Spool | None:
         spool = Spool(memory_limit=self.spool_memory, directory=self.spool_dir)
         try:
-            await self.source.fetch(item, spool, on_bytes=self.progress.bytes)
+            learned = await self.source.fetch(item, spool, on_bytes=self.progress.bytes)
+            if learned is not None or not item.version:
+                item = learned or item
+                if not self.selector.wants_version(item):
+                    await spool.aclose()
+                    self._skip()
+                    return None
             if self.stage is not None:
                 staged = await self.stage(item, spool)
                 if staged is not spool:
@@ -595,10 +624,14 @@ class _Run(Generic[ItemT]):
             with anyio.CancelScope(shield=True):
                 await spool.aclose()
             raise
+        if learned is not None:
+            self.learned[spool] = learned
         return spool
 
     async def _write_batch(self, batch: list[Fetched[ItemT, Spool]]) -> None:
         """Write fetched items: those in memory together (one sink call), spilled ones streamed."""
+        for fetched in batch:
+            fetched.item = self.learned.pop(fetched.result, fetched.item)
         try:
             named = self._name(batch)
             small = [(f, info) for f, info in named if f.result.in_memory]
