@@ -8,6 +8,7 @@ test can end by pid whatever a run left behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -19,13 +20,15 @@ import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from annopull._cli import main
-from annopull._config import Config
-from annopull._fleet.runner import task_env
+from annopull._config import Config, EngineConfig
+from annopull._fleet.parts import LocalParts
+from annopull._fleet.runner import ShardJob, TaskEnv, _with_shared_rate, task_env
 from annopull._pipeline.pull import in_shard
 from annopull.testing import FakeKognic, FakePlatforms, KognicProject, run_in_thread
 
@@ -279,3 +282,54 @@ def test_task_env_carries_credentials_it_never_shows(tmp_path: Path) -> None:
         "AWS_REGION": "eu-north-1",
     }
     assert secret not in repr(carried) + str(carried)
+
+
+@ray_test
+def test_scenes_on_ray_with_a_failed_item(fake: FakeKognic, tmp_path: Path, marker: str) -> None:
+    """``kognic scenes --shards 2``: the parts hold the list; the unknown scene is in the
+    manifest's failures (from its shard's summary) and the run exits 1."""
+    unknown = "00000000-0000-4000-8000-000000000000"
+    served = list(fake.expected("P", "T"))
+    (tmp_path / "scenes.txt").write_text(
+        "".join(f"{s}\n" for s in [unknown, *(e.scene_uuid for e in served)])
+    )
+    argv = [sys.executable, "-m", "annopull", "kognic", "scenes", "--scene-list", "scenes.txt"]
+    argv += ["--annotation-type", "T", "-o", "out/", "--shards", "2", "--ray", "local"]
+    done = subprocess.run(
+        [*argv, "--ray-cpus", "2", "-q"],
+        env=_env(fake, marker),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    union: dict[str, Any] = {}
+    for entries in _parts(tmp_path / "out").values():
+        union.update({name: json.loads(data) for name, data in entries.items()})
+    assert union == {f"{e.scene_uuid}.json": json.loads(e.content) for e in served}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_bytes())
+    shard = 1 if in_shard(unknown, (1, 2)) else 2
+    (failure,) = manifest["failures"]
+    assert failure["item"] == unknown
+    assert failure["part"] == f"part-{shard:05d}-of-00002.zip"
+    assert failure["status"] == 404
+    assert manifest["counts"] == {"entries": len(served), "duplicates": 0, "failed": 1}
+    assert "1 failed" in done.stderr
+
+
+def test_rate_limit_is_split_between_the_tasks_running_at_once() -> None:
+    """A 12 req/s budget over 4 shards on 2 CPUs: each task gets 6; no budget, no split."""
+    cluster = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
+    job = ShardJob(
+        label="x",
+        pull=None,
+        store=LocalParts(Path("out")),
+        shards=4,
+        config=Config(engine=EngineConfig(rate_limit=12.0)),
+        env=TaskEnv({}),
+    )
+    assert _with_shared_rate(cluster, job, parallel=4).config.engine.rate_limit == 6.0
+    assert _with_shared_rate(cluster, job, parallel=1).config.engine.rate_limit == 12.0
+    free = dataclasses.replace(job, config=Config())
+    assert _with_shared_rate(cluster, free, parallel=4).config.engine.rate_limit == 0.0
