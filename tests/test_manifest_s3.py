@@ -13,50 +13,24 @@ import pytest
 
 from annopull._cli import main
 from annopull.testing import FakeKognic, FakePlatforms, KognicProject, run_in_thread
-
-moto_server = pytest.importorskip("moto.server", reason="needs moto[server]")
-boto3 = pytest.importorskip("boto3", reason="reads back with boto3 (moto's dependency)")
-pytest.importorskip("aiobotocore", reason="s3:// needs aiobotocore")
+from s3_server import (
+    S3Server,
+    s3_server_fixture,  # noqa: F401 - registers the fixture
+)
 
 PROJECT = KognicProject(
     project="P", batches=("a",), annotation_types=("T",), count=30, page_size=7, content_size=500
 )
 N = 3
-ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """moto's S3 on 127.0.0.1 with an empty bucket ``fleet``; every AWS variable points at it.
-
-    moto keeps its buckets per process, not per server: the bucket is emptied first.
-    """
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in {**ENV, "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(name, value)
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket="fleet")
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket="fleet"):
-        for obj in page.get("Contents", ()):
-            client.delete_object(Bucket="fleet", Key=obj["Key"])
-    try:
-        yield client
-    finally:
-        from annopull._storage.s3 import close_clients
-
-        close_clients()
-        client.close()
-        server.stop()
+def s3(s3_server: S3Server) -> Any:
+    """A boto3 client of the loopback S3, with an empty bucket ``fleet``."""
+    s3_server.client.create_bucket(Bucket="fleet")
+    for key in s3_server.keys("fleet"):
+        s3_server.client.delete_object(Bucket="fleet", Key=key)
+    return s3_server.client
 
 
 @pytest.fixture

@@ -31,8 +31,10 @@ from annopull._errors import (
     RetryBudgetExhaustedError,
     StorageError,
     TransferError,
+    TransformError,
     TruncatedBodyError,
     UnsafeEntryError,
+    WorkerPoolError,
     ZipFormatError,
 )
 from annopull._pipeline.pull import (
@@ -43,8 +45,10 @@ from annopull._pipeline.pull import (
     Selection,
     Source,
     Stage,
+    Staged,
     pull,
 )
+from annopull._pipeline.transform import Renamed
 from annopull._progress import NullProgress, Progress, TerminalProgress
 from annopull._sinks import (
     DirectorySink,
@@ -67,6 +71,7 @@ from annopull._sources.annolab import (
 )
 from annopull._sources.kognic import Annotation, AnnotationRef, KognicSource
 from annopull._sources.kognic_reads import SceneAnnotation, read_scene_list
+from annopull._sources.kognic_transform import ParsedAnnotation
 from annopull._sources.urls import UrlList, UrlSource, read_url_list
 from annopull._version import __version__ as __version__
 
@@ -105,10 +110,12 @@ __all__ = [
     "NetworkError",
     "NotFoundError",
     "NullProgress",
+    "ParsedAnnotation",
     "Progress",
     "ProjectExport",
     "PullReport",
     "Records",
+    "Renamed",
     "RequestTimeoutError",
     "ResumeError",
     "RetryBudgetExhaustedError",
@@ -121,13 +128,16 @@ __all__ = [
     "SinkResult",
     "Source",
     "Stage",
+    "Staged",
     "StorageError",
     "TerminalProgress",
     "TransferError",
+    "TransformError",
     "TruncatedBodyError",
     "UnsafeEntryError",
     "UrlList",
     "UrlSource",
+    "WorkerPoolError",
     "ZipFormatError",
     "ZipSink",
     "load_config",

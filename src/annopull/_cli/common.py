@@ -221,6 +221,8 @@ def print_summary(report: PullReport, *, noun: str) -> None:
         f"({format_bytes(report.bytes)}) in {report.elapsed:.1f} s ({rate:.0f}/s); "
         f"{report.skipped} skipped, {len(report.failures)} failed"
     )
+    if report.left_out:
+        line += f", {report.left_out} left out by the transform"
     transfer = describe_transfer(report.transfer)
     if transfer:
         line += f"; {transfer}"
@@ -249,7 +251,9 @@ def output_sink(output: str, ctx: Context) -> Sink:
     """The sink ``-o`` names; a zip is never written to a terminal."""
     if output == "-" and sys.stdout.isatty():
         raise ConfigError("refusing to write a zip to a terminal: redirect stdout, or use -o FILE")
-    return sink_for(output, compress_level=ctx.config.engine.compress_level)
+    return sink_for(
+        output, compress_level=ctx.config.engine.compress_level, storage=ctx.config.storage
+    )
 
 
 #: What a pulling command runs inside :func:`run_pull`: the pull itself.

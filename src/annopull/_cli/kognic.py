@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from annopull._cli import transform
 from annopull._cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -138,7 +139,7 @@ def register(sub: Any) -> None:
         description="Pull every annotation of one type from a Kognic project or batch; "
         "or of a list of scenes (kognic scenes); or read one (kognic get).",
         usage=USAGE,
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + transform.EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     assert isinstance(parser, FormsParser)
@@ -157,6 +158,7 @@ def register(sub: Any) -> None:
         ".journal of an earlier pull); listing is still read, downloads are saved",
     )
     add_shard_options(parser)
+    transform.add_transform_options(parser)
     add_engine_options(parser)
     parser.set_defaults(run=run)
     parser.forms["scenes"] = _scenes_parser()
@@ -183,6 +185,7 @@ def _scenes_parser() -> argparse.ArgumentParser:
     add_output_options(parser, resume_note="; FILE must hold the same scenes")
     _add_incremental(parser, of="list")
     add_shard_options(parser)
+    transform.add_transform_options(parser)
     add_engine_options(parser)
     parser.set_defaults(run=run_scenes)
     return parser
@@ -235,12 +238,16 @@ def _add_incremental(parser: argparse.ArgumentParser, *, of: str) -> argparse._A
 
 @dataclass(frozen=True, kw_only=True)
 class KognicPull:
-    """One type's annotations of a project (or batch): what a run, or each shard, pulls."""
+    """One type's annotations of a project (or batch): what a run, or each shard, pulls.
+
+    ``stages`` are the download's ``--transform``/``--validate`` keywords.
+    """
 
     project: str
     annotation_type: str
     batch: str | None
     cartesian: bool
+    stages: Mapping[str, Any] = field(default_factory=dict)
 
     async def __call__(
         self, client: Client, sink: Sink, *, selection: Selection, resume: bool, progress: Progress
@@ -255,6 +262,7 @@ class KognicPull:
             resume=resume,
             cartesian=self.cartesian,
             progress=progress,
+            **self.stages,
         )
 
 
@@ -268,6 +276,7 @@ class ScenesPull:
     scenes: Iterable[str]
     annotation_type: str
     cartesian: bool
+    stages: Mapping[str, Any] = field(default_factory=dict)
 
     async def __call__(
         self, client: Client, sink: Sink, *, selection: Selection, resume: bool, progress: Progress
@@ -280,6 +289,7 @@ class ScenesPull:
             resume=resume,
             cartesian=self.cartesian,
             progress=progress,
+            **self.stages,
         )
 
 
@@ -292,6 +302,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         annotation_type=args.annotation_type,
         batch=args.batch,
         cartesian=args.cartesian,
+        stages=transform.transform_options(args),
     )
     label = f"kognic {args.project}/{args.annotation_type}"
     selection = Selection(since=args.since, skip_existing=args.skip_existing, shard=args.shard)
@@ -310,7 +321,12 @@ async def run_scenes(args: argparse.Namespace, ctx: Context) -> int:
     else:
         # Read lazily: the pull checks the whole list before it fetches anything.
         scenes = read_scene_list(args.scene_list)
-    what = ScenesPull(scenes=scenes, annotation_type=args.annotation_type, cartesian=args.cartesian)
+    what = ScenesPull(
+        scenes=scenes,
+        annotation_type=args.annotation_type,
+        cartesian=args.cartesian,
+        stages=transform.transform_options(args),
+    )
     return await _run_either(args, ctx, what, label=label, selection=selection)
 
 

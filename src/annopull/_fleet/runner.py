@@ -484,7 +484,11 @@ async def _pull_shard(job: ShardJob, k: int, board: Any) -> ShardOutcome:
     # AWS chain), not in the mapping the Client reads.
     os.environ.update({k: v for k, v in job.env.values().items() if k.startswith("AWS_")})
     engine = job.config.engine
-    sink = sink_for(job.store.output(part_name(k, n)), compress_level=engine.compress_level)
+    sink = sink_for(
+        job.store.output(part_name(k, n)),
+        compress_level=engine.compress_level,
+        storage=job.config.storage,
+    )
     progress = JsonProgress(
         job.label, shard=(k, n), interval=job.interval, emit=partial(_report, board, k)
     )

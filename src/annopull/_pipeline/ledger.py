@@ -109,6 +109,7 @@ class Ledger:
         self._conn = conn
         self.path = path
         self._temp_dir = temp_dir
+        self._committed_seq = self._last_seq()
 
     def __repr__(self) -> str:
         return f"Ledger({str(self.path)!r})"
@@ -228,6 +229,22 @@ class Ledger:
         with self._storage_errors():
             if self._conn.in_transaction:
                 self._conn.execute("COMMIT")
+        self._committed_seq = self._last_seq()
+
+    def _last_seq(self) -> int:
+        try:
+            row = self._conn.execute("SELECT max(seq) FROM entries").fetchone()
+        except sqlite3.OperationalError:
+            return 0  # not created yet (the constructor of a fresh ledger runs first)
+        return int(row[0] or 0)
+
+    def pending(self) -> list[LedgerRow]:
+        """The rows recorded since the last :meth:`commit`, in write order."""
+        cursor = self._conn.execute(
+            "SELECT key, version, name, receipt FROM entries WHERE seq > ? ORDER BY seq",
+            (self._committed_seq,),
+        )
+        return [LedgerRow(key=k, version=v, name=n, receipt=bytes(r)) for k, v, n, r in cursor]
 
     @contextlib.contextmanager
     def _storage_errors(self) -> Iterator[None]:

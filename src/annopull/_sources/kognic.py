@@ -33,8 +33,17 @@ import yarl
 from annopull._config import KognicConfig
 from annopull._errors import ApiError, NotFoundError
 from annopull._pipeline.buffers import Spool
-from annopull._pipeline.pull import Item, PullReport, Selection, Selector, Stage, pull_through
+from annopull._pipeline.pull import (
+    Item,
+    ItemT,
+    PullReport,
+    Selection,
+    Selector,
+    Source,
+    pull_through,
+)
 from annopull._pipeline.scheduler import Fetched, fan_out, sole_error
+from annopull._pipeline.workers import WorkerMode
 from annopull._progress import Progress
 from annopull._sinks.base import Sink
 from annopull._sources.kognic_reads import (
@@ -46,6 +55,7 @@ from annopull._sources.kognic_reads import (
     parse_partials,
     single_answer,
 )
+from annopull._sources.kognic_transform import StagedSource, Transform, kognic_stage
 from annopull._transport.http import AuthProvider, ByteTarget, Transport
 
 __all__ = ["Annotation", "AnnotationRef", "KognicSource"]
@@ -90,6 +100,16 @@ class Annotation:
     def json(self) -> Any:
         """The content parsed (``{"openlabel": {...}}``)."""
         return orjson.loads(self.content)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _StageOptions:
+    """What runs on each annotation between fetch and write (nothing by default)."""
+
+    transform: Transform | None = None
+    validate: bool = False
+    workers: int | None = None
+    mode: WorkerMode = "process"
 
 
 class KognicSource:
@@ -290,6 +310,7 @@ class KognicSource:
         batch: str | None = None,
         selection: Selection | None = None,
         concurrency: int | None = None,
+        cartesian: bool = False,
     ) -> AsyncIterator[AsyncIterator[Annotation]]:
         """Stream a project's annotations, contents fetched concurrently.
 
@@ -308,9 +329,10 @@ class KognicSource:
             batch: only this batch.
             selection: filters (since, skip-existing, shard).
             concurrency: fetches in flight; the engine's setting by default.
+            cartesian: ask for ISO 8855 rotated cuboids.
         """
         limit = concurrency or self._transport.engine.concurrency
-        listing = _Listing(self, project, annotation_type, batch=batch, cartesian=False)
+        listing = _Listing(self, project, annotation_type, batch=batch, cartesian=cartesian)
         send, receive = anyio.create_memory_object_stream[Annotation](limit)
 
         async def fetch(item: _KognicItem) -> Annotation:
@@ -357,14 +379,17 @@ class KognicSource:
         cartesian: bool = False,
         progress: Progress | None = None,
         spool_dir: Path | None = None,
-        stage: Stage[Item] | None = None,
+        transform: Transform | None = None,
+        validate: bool = False,
+        workers: int | None = None,
+        workers_mode: WorkerMode = "process",
     ) -> PullReport:
         """Download every (selected) annotation into ``sink`` and report what happened.
 
-        One entry ``{scene_uuid}.json`` per annotation, the content byte for byte. Items that
-        fail for good are listed in the report and the rest goes on; anything else (the
-        listing failing, the sink failing, a cancellation) stops the run, and what arrived
-        stays in the output, journaled for ``resume``.
+        One entry ``{scene_uuid}.json`` per annotation, the content byte for byte (or what
+        ``transform`` made of it). Items that fail for good are listed in the report and the
+        rest goes on; anything else (the listing failing, the sink failing, a cancellation)
+        stops the run, and what arrived stays in the output, journaled for ``resume``.
 
         Args:
             project: the project identifier.
@@ -376,17 +401,34 @@ class KognicSource:
             cartesian: ask for ISO 8855 rotated cuboids.
             progress: where progress goes.
             spool_dir: where items larger than the engine's ``spool_memory`` wait on disk.
-            stage: runs on each item's bytes between fetch and write (see :data:`Stage`).
+            transform: converts each annotation while the others download: gets a
+                :class:`ParsedAnnotation`, returns bytes, str, a dict or list (JSON), a
+                pydantic model, :class:`~annopull.Renamed` (a new entry name too) or
+                ``None`` (left out, counted in ``left_out``). What it raises is that item's
+                failure. Runs in worker processes: a module-level function.
+            validate: check each document against kognic-openlabel's
+                ``OpenLabelAnnotation`` (before ``transform``); an invalid one is a failure
+                and left out. Needs ``pip install 'annopull[openlabel]'``.
+            workers: processes (or threads) for ``transform`` and ``validate``; the CPU count
+                by default.
+            workers_mode: ``"process"``, or ``"thread"`` for a cheap function (or one that
+                cannot be pickled).
+
+        Raises:
+            ConfigError: ``validate`` without kognic-openlabel; a ``transform`` that cannot
+                go to worker processes; ``workers`` out of range.
         """
-        return await pull_through(
-            self._transport,
-            _Listing(self, project, annotation_type, batch=batch, cartesian=cartesian),
+        listing = _Listing(self, project, annotation_type, batch=batch, cartesian=cartesian)
+        return await self._pull(
+            listing,
             sink,
             selection=selection,
             resume=resume,
-            stage=stage,
             progress=progress,
             spool_dir=spool_dir,
+            stage=_StageOptions(
+                transform=transform, validate=validate, workers=workers, mode=workers_mode
+            ),
         )
 
     async def download_scenes(
@@ -400,7 +442,10 @@ class KognicSource:
         cartesian: bool = False,
         progress: Progress | None = None,
         spool_dir: Path | None = None,
-        stage: Stage[Item] | None = None,
+        transform: Transform | None = None,
+        validate: bool = False,
+        workers: int | None = None,
+        workers_mode: WorkerMode = "process",
     ) -> PullReport:
         """Download one annotation type of every scene of a list into ``sink``.
 
@@ -420,25 +465,58 @@ class KognicSource:
             cartesian: ask for ISO 8855 rotated cuboids.
             progress: where progress goes.
             spool_dir: where large items, and the list's checked copy, wait on disk.
-            stage: runs on each item's bytes between fetch and write (see :data:`Stage`).
+            transform, validate, workers, workers_mode: as for :meth:`download`.
 
         Raises:
             ConfigError: an entry of the list is not a scene uuid (before anything is
-                fetched or written).
+                fetched or written); as for :meth:`download`.
         """
         listing = SceneListing(
             self, scene_uuids, annotation_type, cartesian=cartesian, spool_dir=spool_dir
         )
-        return await pull_through(
-            self._transport,
+        return await self._pull(
             listing,
             sink,
             selection=selection,
             resume=resume,
-            stage=stage,
             progress=progress,
             spool_dir=spool_dir,
+            stage=_StageOptions(
+                transform=transform, validate=validate, workers=workers, mode=workers_mode
+            ),
         )
+
+    async def _pull(
+        self,
+        listing: Source[ItemT],
+        sink: Sink,
+        *,
+        selection: Selection | None,
+        resume: bool,
+        progress: Progress | None,
+        spool_dir: Path | None,
+        stage: _StageOptions,
+    ) -> PullReport:
+        """Pull ``listing`` into ``sink`` through the transform/validate workers, if any."""
+        async with kognic_stage(
+            transform=stage.transform,
+            validate=stage.validate,
+            workers=stage.workers,
+            workers_mode=stage.mode,
+            spool_memory=self._transport.engine.spool_memory,
+        ) as run_stage:
+            return await pull_through(
+                self._transport,
+                listing
+                if run_stage is None
+                else StagedSource(listing, transform=stage.transform, validate=stage.validate),
+                sink,
+                selection=selection,
+                resume=resume,
+                stage=run_stage,
+                progress=progress,
+                spool_dir=spool_dir,
+            )
 
     # -- internals ---------------------------------------------------------------------
     async def _get(self, url: str, *, cartesian: bool, item: str) -> Any:

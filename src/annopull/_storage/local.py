@@ -130,6 +130,11 @@ class LocalFile:
         with contextlib.suppress(FileNotFoundError):
             self._part.unlink()
 
+    @property
+    def remote_state(self) -> None:
+        """Local: the journal lives beside the output, not in a store."""
+        return None
+
 
 class _LocalAtomicFile:
     """A file written under a temporary name in its final folder, renamed on commit."""
@@ -226,6 +231,11 @@ class LocalTree:
             raise
         file.commit(mtime=mtime)
         return size
+
+    @property
+    def remote_state(self) -> None:
+        """Local: the journal lives beside the output, not in a store."""
+        return None
 
     def committed(self, path: Path) -> None:
         """Note a renamed file, to fsync at the next :meth:`sync`."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import io
 import os
 import threading
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
@@ -46,6 +47,7 @@ __all__ = [
     "ObjectInfo",
     "PartInfo",
     "PreconditionFailedError",
+    "RangedReader",
     "S3Client",
     "S3Url",
     "close_clients",
@@ -56,6 +58,9 @@ __all__ = [
 T = TypeVar("T")
 
 INSTALL_HINT: Final = "pip install 'annopull[s3]'"
+#: CopyObject's largest source; bigger objects are copied in parts of _COPY_PART.
+_COPY_MAX: Final = 5 << 30
+_COPY_PART: Final = 1 << 30
 _SCHEME: Final = "s3://"
 #: Answers that no retry fixes: the user's bucket, permissions or credentials.
 _CONFIG_CODES: Final = frozenset(
@@ -170,6 +175,9 @@ class _LoopThread:
                 thread.start()
                 self._loop = loop
             return self._loop
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop())
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         loop = self.loop()
@@ -317,6 +325,41 @@ class S3Client:
         answer = self._call(url, "put_object", Bucket=url.bucket, Key=url.key, Body=data, **extra)
         return str(answer["ETag"])
 
+    def open_reader(self, url: S3Url, *, buffer_size: int = 1 << 20) -> io.BufferedReader:
+        """A seekable, buffered binary file over the object, read with ranged GETs.
+
+        What a reader that needs to seek (``zipfile``) takes; each refill of the buffer is
+        one request of ``buffer_size`` bytes.
+
+        Raises:
+            StorageError: there is no such object.
+        """
+        info = self.head(url)
+        if info is None:
+            raise StorageError("no such object", url=str(url))
+        return io.BufferedReader(RangedReader(self, url, info.size), buffer_size=buffer_size)
+
+    def put_soon(
+        self, url: S3Url, data: bytes, *, metadata: Mapping[str, str] | None = None
+    ) -> Future[Any]:
+        """Start writing a whole object and return at once; :meth:`wait` for its end.
+
+        Many small objects go up concurrently this way (one request each costs a round
+        trip; one after the other they would be bound by latency, not bandwidth).
+        """
+        extra: dict[str, Any] = {"Metadata": dict(metadata)} if metadata else {}
+        params = {"Bucket": url.bucket, "Key": url.key, "Body": data, **extra}
+        return _LOOP.submit(self._operation("put_object", params))
+
+    def wait(self, future: Future[Any], url: S3Url) -> None:
+        """Wait for a :meth:`put_soon`; its failure as a :class:`StorageError` naming ``url``."""
+        try:
+            future.result()
+        except (StorageError, ConfigError):
+            raise
+        except Exception as exc:
+            raise _translate(exc, url) from exc
+
     def list_objects(self, prefix: S3Url) -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix.key``, in key order, page by page."""
         token: str | None = None
@@ -342,6 +385,43 @@ class S3Client:
                 Bucket=batch[0].bucket,
                 Delete={"Objects": [{"Key": u.key} for u in batch], "Quiet": True},
             )
+
+    def copy(self, source: S3Url, target: S3Url) -> None:
+        """Copy an object inside the store (no bytes pass through this machine).
+
+        One CopyObject up to 5 GiB; above that (CopyObject's limit) a multipart copy of
+        1 GiB ranges.
+        """
+        info = self.head(source)
+        if info is None:
+            raise StorageError("no such object to copy", url=str(source))
+        origin = {"Bucket": source.bucket, "Key": source.key}
+        if info.size <= _COPY_MAX:
+            self._call(
+                target, "copy_object", Bucket=target.bucket, Key=target.key, CopySource=origin
+            )
+            return
+        upload_id = self.create_upload(target)
+        parts = []
+        try:
+            for number, start in enumerate(range(0, info.size, _COPY_PART), start=1):
+                end = min(start + _COPY_PART, info.size) - 1
+                answer = self._call(
+                    target,
+                    "upload_part_copy",
+                    Bucket=target.bucket,
+                    Key=target.key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource=origin,
+                    CopySourceRange=f"bytes={start}-{end}",
+                )
+                etag = str(answer["CopyPartResult"]["ETag"])
+                parts.append(PartInfo(number, end - start + 1, etag))
+            self.complete_upload(target, upload_id, parts)
+        except BaseException:
+            self.abort_upload(target, upload_id)
+            raise
 
     # -- multipart uploads ----------------------------------------------------------------
     def create_upload(self, url: S3Url) -> str:
@@ -482,6 +562,41 @@ class S3Client:
             raise
         except Exception as exc:
             raise _translate(exc, url) from exc
+
+
+class RangedReader(io.RawIOBase):
+    """An object as a raw, seekable, read-only file; see :meth:`S3Client.open_reader`."""
+
+    def __init__(self, client: S3Client, url: S3Url, size: int) -> None:
+        super().__init__()
+        self._client = client
+        self._url = url
+        self._size = size
+        self._position = 0
+        self.name = str(url)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        size = min(len(buffer), self._size - self._position)
+        if size <= 0:
+            return 0
+        data = self._client.get_range(self._url, self._position, size)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
 
 
 def _code_of(exc: BaseException) -> str:

@@ -86,5 +86,10 @@ class StreamStorage:
         assert isinstance(blob, _StreamBlob)
         blob.sync()
 
+    @property
+    def remote_state(self) -> None:
+        """Local: the journal lives beside the output, not in a store."""
+        return None
+
     def discard_partial(self) -> None:
         """Nothing is kept anywhere but in the stream."""

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, BinaryIO, Final
 
 import anyio
 import anyio.to_thread
@@ -84,11 +84,12 @@ class ExtractReport:
     bytes_written: int
 
 
-def _open_zip(path: Path) -> zipfile.ZipFile:
+def _open_zip(path: Path | BinaryIO) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ZipFormatError(f"cannot open zip: {exc}", item=str(path)) from exc
+        where = str(getattr(path, "name", path))
+        raise ZipFormatError(f"cannot open zip: {exc}", item=where) from exc
 
 
 def _drain(archive: zipfile.ZipFile, info: zipfile.ZipInfo, sink: AtomicFile | None) -> int:
@@ -109,11 +110,12 @@ def _verify_group(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> int
     return sum(_drain(archive, info, None) for info in infos)
 
 
-async def verify_zip(path: Path) -> ZipCheck:
+async def verify_zip(path: Path | BinaryIO) -> ZipCheck:
     """Read every entry of ``path`` and check its CRC, in worker threads.
 
     Args:
-        path: the zip to check.
+        path: the zip to check, or a seekable binary file of it (an object store's
+            ranged reader).
 
     Raises:
         ZipFormatError: the archive cannot be opened, or an entry is corrupt (its name is in

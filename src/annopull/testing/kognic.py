@@ -74,6 +74,8 @@ class KognicProject:
         content_size: Approximate size in bytes of each OpenLABEL document.
         seed: Seeds scene uuids and content.
         page_size: Items per search page.
+        invalid_scenes: Indices of scenes whose documents are not valid OpenLABEL (their
+            ``schema_version`` is not one), for tests of validation.
     """
 
     project: str = "demo"
@@ -83,6 +85,7 @@ class KognicProject:
     content_size: int = 4096
     seed: int = 0
     page_size: int = 100
+    invalid_scenes: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.batches or not self.annotation_types:
@@ -239,9 +242,10 @@ def _openlabel(
     project: KognicProject, scene_uuid: str, annotation_type: str, version: int
 ) -> bytes:
     """The OpenLABEL document of one annotation version: a header spliced onto a payload."""
+    invalid = _scene_index(project.seed, project.project, scene_uuid) in project.invalid_scenes
     metadata = json.dumps(
         {
-            "schema_version": "1.0.0",
+            "schema_version": "not-a-version" if invalid else "1.0.0",
             "name": scene_uuid,
             "project": project.project,
             "annotation_type": annotation_type,
