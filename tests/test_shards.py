@@ -41,8 +41,10 @@ MARKER = "ANNOPULL_TEST_RAY_RUN"
 ray_test = pytest.mark.slow
 
 
-@pytest.fixture
-def fake(clean_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKognic]:
+@pytest.fixture(name="fake")
+def fake_fixture(
+    clean_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FakeKognic]:
     # Storage answers after 0.1 s, so that a shard runs long enough to be killed mid-way.
     kognic = FakeKognic(projects=[PROJECT], latency=0.1)
     monkeypatch.chdir(tmp_path)
@@ -63,21 +65,10 @@ def _env(fake: FakeKognic, marker: str) -> dict[str, str]:
     }
 
 
-def _argv(*extra: str) -> list[str]:
+def _argv(*extra: str, output: str = "out/") -> list[str]:
     argv = [sys.executable, "-m", "annopull", "kognic", "--project", "P", "--annotation-type"]
-    return [
-        *argv,
-        "T",
-        "-o",
-        "out/",
-        "--shards",
-        str(N),
-        "--ray",
-        "local",
-        "--ray-cpus",
-        "2",
-        *extra,
-    ]
+    argv += ["T", "-o", output, "--shards", str(N), "--ray", "local", "--ray-cpus", "2"]
+    return [*argv, *extra]
 
 
 def _marked_pids(marker: str) -> list[int]:
@@ -94,8 +85,8 @@ def _marked_pids(marker: str) -> list[int]:
     return found
 
 
-@pytest.fixture
-def marker() -> Iterator[str]:
+@pytest.fixture(name="marker")
+def marker_fixture() -> Iterator[str]:
     """A marker for this test's runs; every process carrying it is killed at the end."""
     value = uuid.uuid4().hex
     yield value
@@ -104,9 +95,12 @@ def marker() -> Iterator[str]:
             os.kill(pid, signal.SIGKILL)
 
 
-def _run(fake: FakeKognic, marker: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    fake: FakeKognic, marker: str, *extra: str, output: str = "out/"
+) -> subprocess.CompletedProcess[str]:
+    """The sharded CLI run to its end, stdout and stderr captured."""
     return subprocess.run(
-        _argv(*extra),
+        _argv(*extra, output=output),
         env=_env(fake, marker),
         capture_output=True,
         text=True,
