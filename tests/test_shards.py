@@ -109,6 +109,30 @@ def _run(
     )
 
 
+def run_killing_shard_2(
+    fake: FakeKognic, marker: str, lock: Path, *extra: str, output: str = "out/"
+) -> tuple[subprocess.CompletedProcess[str], list[int]]:
+    """Run, and SIGKILL the worker holding shard 2's lock once half its scenes were served."""
+    shard_keys = {e.scene_uuid for e in fake.expected("P", "T") if in_shard(e.scene_uuid, (2, N))}
+    killed: list[int] = []
+
+    def kill_when_half_done() -> None:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline and not killed:
+            served = sum(fake.stats.content_requests[key] for key in shard_keys)
+            holder = lock.read_text().strip() if lock.exists() else ""
+            if served >= len(shard_keys) // 2 and holder.isdigit():
+                os.kill(int(holder), signal.SIGKILL)
+                killed.append(int(holder))
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_when_half_done)
+    killer.start()
+    done = _run(fake, marker, *extra, output=output)
+    killer.join()
+    return done, killed
+
+
 def _parts(folder: Path) -> dict[str, dict[str, bytes]]:
     parts = {}
     for path in sorted(folder.glob("part-*-of-*.zip")):
@@ -167,24 +191,8 @@ def test_a_killed_shard_task_is_retried_and_resumes(
     fake: FakeKognic, tmp_path: Path, marker: str
 ) -> None:
     """SIGKILL of shard 2's worker mid-way: Ray reruns the task, which resumes its part."""
-    shard_keys = {e.scene_uuid for e in fake.expected("P", "T") if in_shard(e.scene_uuid, (2, N))}
     lock = tmp_path / "out" / f"part-00002-of-{N:05d}.zip.lock"
-    killed: list[int] = []
-
-    def kill_when_half_done() -> None:
-        deadline = time.monotonic() + 200
-        while time.monotonic() < deadline and not killed:
-            served = sum(fake.stats.content_requests[key] for key in shard_keys)
-            holder = lock.read_text().strip() if lock.exists() else ""
-            if served >= len(shard_keys) // 2 and holder.isdigit():
-                os.kill(int(holder), signal.SIGKILL)
-                killed.append(int(holder))
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_when_half_done)
-    killer.start()
-    done = _run(fake, marker, "-q")
-    killer.join()
+    done, killed = run_killing_shard_2(fake, marker, lock, "-q")
     assert killed, "shard 2 was never seen running"
     assert done.returncode == 0, done.stderr
     _check_exact(fake, tmp_path / "out")
