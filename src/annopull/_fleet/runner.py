@@ -40,7 +40,7 @@ from annopull._fleet.manifest import ManifestReport, build_manifest
 from annopull._fleet.parts import PartState, PartStore, part_name, scan_parts, summary_name
 from annopull._pipeline.pull import PullReport, Selection
 from annopull._progress import Counts, JsonProgress, Progress
-from annopull._redact import redact, redact_data
+from annopull._redact import RedactingFormatter, redact, redact_data, register_secret
 from annopull._sinks import Sink, sink_for
 
 __all__ = [
@@ -471,7 +471,27 @@ def run_shard(job: ShardJob, k: int, board: Any) -> ShardOutcome:
         k: the shard, 1-based.
         board: the :class:`ProgressBoard` actor to report to.
     """
+    _mask_worker_output(job.env)
     return anyio.run(_pull_shard, job, k, board)
+
+
+#: Names of task variables whose values are secrets (masked wherever a worker writes text).
+_SECRET_NAMES: Final = ("SECRET", "TOKEN", "API_KEY", "PASSWORD")
+
+
+def _mask_worker_output(env: TaskEnv) -> None:
+    """Mask secrets in what the worker logs: its stderr goes to Ray's log files, not to a
+    terminal the CLI set up with its redacting handler."""
+    for name, value in env.values().items():
+        if any(word in name for word in _SECRET_NAMES):
+            register_secret(value)
+    logger = logging.getLogger("annopull")
+    if not any(isinstance(h.formatter, RedactingFormatter) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(RedactingFormatter("annopull: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
 
 
 async def _pull_shard(job: ShardJob, k: int, board: Any) -> ShardOutcome:
