@@ -109,7 +109,9 @@ class Ledger:
         self._conn = conn
         self.path = path
         self._temp_dir = temp_dir
-        self._committed_seq = self._last_seq()
+        # Where this run's rows start; read at the first record(), not here, so a run that
+        # is refused right after opening the ledger leaves its files untouched.
+        self._committed_seq: int | None = None
 
     def __repr__(self) -> str:
         return f"Ledger({str(self.path)!r})"
@@ -213,6 +215,8 @@ class Ledger:
             StorageError: the disk under the ledger failed (full, say).
         """
         with self._storage_errors():
+            if self._committed_seq is None:
+                self._committed_seq = self._last_seq()
             if not self._conn.in_transaction:
                 self._conn.execute("BEGIN")
             self._conn.executemany(
@@ -232,14 +236,13 @@ class Ledger:
         self._committed_seq = self._last_seq()
 
     def _last_seq(self) -> int:
-        try:
-            row = self._conn.execute("SELECT max(seq) FROM entries").fetchone()
-        except sqlite3.OperationalError:
-            return 0  # not created yet (the constructor of a fresh ledger runs first)
+        row = self._conn.execute("SELECT max(seq) FROM entries").fetchone()
         return int(row[0] or 0)
 
     def pending(self) -> list[LedgerRow]:
         """The rows recorded since the last :meth:`commit`, in write order."""
+        if self._committed_seq is None:
+            return []  # nothing recorded yet
         cursor = self._conn.execute(
             "SELECT key, version, name, receipt FROM entries WHERE seq > ? ORDER BY seq",
             (self._committed_seq,),
