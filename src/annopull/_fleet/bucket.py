@@ -9,7 +9,6 @@ resume state beside it), makes that part unfinished.
 from __future__ import annotations
 
 import contextlib
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Final
@@ -58,10 +57,7 @@ class BucketParts:
             yield f"{url.key[start:].partition('/')[0]}.upload"
 
     def open(self, name: str) -> contextlib.AbstractContextManager[IO[bytes]]:
-        url = self.prefix.child(name)
-        info = self._client.head(url)
-        size = info.size if info is not None else 0
-        return io.BufferedReader(_RangedObject(self._client, url, size), _READ_SIZE)
+        return self._client.open_reader(self.prefix.child(name), buffer_size=_READ_SIZE)
 
     def read(self, name: str) -> bytes | None:
         return self._client.get(self.prefix.child(name))
@@ -72,37 +68,3 @@ class BucketParts:
     def size(self, name: str) -> int:
         info = self._client.head(self.prefix.child(name))
         return info.size if info is not None else 0
-
-
-class _RangedObject(io.RawIOBase):
-    """An object read as a seekable file, each read a ranged GET."""
-
-    def __init__(self, client: S3Client, url: S3Url, size: int) -> None:
-        super().__init__()
-        self._client = client
-        self._url = url
-        self._size = size
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        size = min(len(buffer), self._size - self._position)
-        if size <= 0:
-            return 0
-        data = self._client.get_range(self._url, self._position, size)
-        buffer[: len(data)] = data
-        self._position += len(data)
-        return len(data)
