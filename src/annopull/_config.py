@@ -116,6 +116,9 @@ class EngineConfig:
         spool_memory: bytes of one downloaded item kept in memory before it spills to a
             temporary file; with ``concurrency`` this bounds the memory of a pull.
         compress_level: zlib level for zip entries (0 stores them uncompressed).
+        progress: the CLI's progress display: ``"auto"`` (a bar on a terminal, a plain
+            line every few seconds elsewhere), ``"bar"`` (the bar even off a terminal),
+            ``"json"`` (one JSON object a line on stderr, for log pipelines) or ``"none"``.
     """
 
     concurrency: int = 32
@@ -128,6 +131,7 @@ class EngineConfig:
     max_answer_bytes: int = 64 * 1024 * 1024
     spool_memory: int = 4 * 1024 * 1024
     compress_level: int = 6
+    progress: str = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -326,6 +330,8 @@ _MORE_THAN_ZERO = frozenset(
         "spool_memory",
     }
 )
+#: What ``[engine] progress`` (and ``--progress``) accept.
+PROGRESS_MODES = ("auto", "bar", "json", "none")
 _STYLES = frozenset({"", "auto", "path", "virtual"})
 #: The most downloads in flight a run may ask for; more only queue in the kernel.
 MAX_CONCURRENCY = 1024
@@ -378,6 +384,10 @@ def _validated(section: Any) -> Any:
             raise ConfigError(f"compress_level must be 0..9, got {section.compress_level}")
         if section.chunk_size < 1024:
             raise ConfigError(f"chunk_size must be at least 1024, got {section.chunk_size}")
+        if section.progress not in PROGRESS_MODES:
+            raise ConfigError(
+                f"progress must be one of {', '.join(PROGRESS_MODES)}, got {section.progress!r}"
+            )
     return section
 
 

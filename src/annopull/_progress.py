@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+import orjson
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -28,10 +31,20 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from annopull._redact import redact
+
 if TYPE_CHECKING:
     from annopull._transport.flow import TransferStats
 
-__all__ = ["NullProgress", "Progress", "TerminalProgress", "describe_transfer", "format_bytes"]
+__all__ = [
+    "Counts",
+    "JsonProgress",
+    "NullProgress",
+    "Progress",
+    "TerminalProgress",
+    "describe_transfer",
+    "format_bytes",
+]
 
 
 class Progress(Protocol):
@@ -82,6 +95,34 @@ class NullProgress:
 
     def status(self, text: str) -> None:
         pass
+
+
+@dataclass(slots=True, kw_only=True)
+class Counts:
+    """A job's item and byte counts at one moment; counts of several jobs add up."""
+
+    listed: int = 0
+    listing_done: bool = False
+    downloaded: int = 0
+    skipped: int = 0
+    failed: int = 0
+    bytes: int = 0
+
+    @classmethod
+    def total(cls, parts: Iterable[Counts]) -> Counts:
+        """The sum of ``parts``; its listing is done when every part's is (and one exists)."""
+        total = cls(listing_done=True)
+        seen = False
+        for part in parts:
+            seen = True
+            total.listed += part.listed
+            total.listing_done = total.listing_done and part.listing_done
+            total.downloaded += part.downloaded
+            total.skipped += part.skipped
+            total.failed += part.failed
+            total.bytes += part.bytes
+        total.listing_done = total.listing_done and seen
+        return total
 
 
 def format_bytes(count: float) -> str:
@@ -136,13 +177,21 @@ class TerminalProgress:
         label: what the job is, shown at the left.
         stream: where to draw (stderr).
         interval: seconds between plain lines when ``stream`` is not a terminal.
+        live: draw the bar (True) or plain lines (False); ``None``: the bar on a terminal.
     """
 
-    def __init__(self, label: str, *, stream: IO[str] | None = None, interval: float = 10.0):
+    def __init__(
+        self,
+        label: str,
+        *,
+        stream: IO[str] | None = None,
+        interval: float = 10.0,
+        live: bool | None = None,
+    ):
         self._stream = stream or sys.stderr
         self._label = label
         self._interval = interval
-        self._live = self._stream.isatty()
+        self._live = self._stream.isatty() if live is None else live
         self._items_total = 0
         self._listing_done = False
         self.done = 0
@@ -222,6 +271,22 @@ class TerminalProgress:
         self._status = text
         self._refresh(force=True)
 
+    def show(self, counts: Counts, *, status: str = "") -> None:
+        """Show ``counts`` as they are, e.g. totals a driver gathers from its shards.
+
+        Args:
+            counts: the job's counts now (they replace what was counted so far).
+            status: a one-line state shown beside them.
+        """
+        self._items_total = counts.listed
+        self._listing_done = counts.listing_done
+        self.done = counts.downloaded + counts.skipped
+        self.skipped = counts.skipped
+        self.failed = counts.failed
+        self.byte_count = counts.bytes
+        self._status = status
+        self._refresh()
+
     # -- drawing -----------------------------------------------------------------------
     def _extra(self) -> str:
         parts = []
@@ -276,3 +341,137 @@ class TerminalProgress:
             self._transfer_text(),
         ]
         return " | ".join(f for f in fields if f)
+
+
+class JsonProgress:
+    """Progress for machines: one JSON object a line on stderr, every ``interval`` seconds.
+
+    Each line is an ``"event": "progress"`` (and the last one ``"done"``) with the job, the
+    shard, the elapsed seconds, the item counts (listed, downloaded, skipped, failed),
+    bytes, rates and, with :meth:`watch`, the busiest host's concurrency limit, retries and
+    a pause. Lines come on a timer, so a stalled job still shows it is alive. Every string
+    is masked (:func:`~annopull._redact.redact`): no signed URL or secret reaches a log.
+    Use as a context manager around the job.
+
+    Args:
+        label: what the job is (e.g. ``"kognic P/T"``).
+        stream: where the lines go (stderr).
+        interval: seconds between lines.
+        shard: ``(k, n)`` when the job is one shard of a sharded run.
+        emit: where each event goes instead of ``stream`` (called from a timer thread).
+    """
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        stream: IO[str] | None = None,
+        interval: float = 1.0,
+        shard: tuple[int, int] | None = None,
+        emit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self._stream = stream or sys.stderr
+        self._label = label
+        self._interval = interval
+        self._shard = f"{shard[0]}/{shard[1]}" if shard is not None else None
+        self._emit = emit or self._write
+        self.counts = Counts()
+        self._status = ""
+        self._started = time.monotonic()
+        self._transfer: Callable[[], TransferStats] | None = None
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def watch(self, transfer: Callable[[], TransferStats]) -> None:
+        """Add the transport's flow control to each line.
+
+        Args:
+            transfer: returns the current stats (``client.transport.stats``); called from
+                the timer thread.
+        """
+        self._transfer = transfer
+
+    def __enter__(self) -> JsonProgress:
+        self._started = time.monotonic()
+        self._ticker = threading.Thread(target=self._tick, name="annopull-progress", daemon=True)
+        self._ticker.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        self._emit(self.event(final=True))
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._emit(self.event())
+
+    def _write(self, event: dict[str, Any]) -> None:
+        print(json_line(event), file=self._stream, flush=True)
+
+    def event(self, *, final: bool = False) -> dict[str, Any]:
+        """The job's state now, as the JSON object a line holds."""
+        counts = self.counts
+        elapsed = time.monotonic() - self._started
+        event: dict[str, Any] = {
+            "event": "done" if final else "progress",
+            "job": self._label,
+            "shard": self._shard,
+            "elapsed_s": round(elapsed, 3),
+            "listed": counts.listed,
+            "listing_done": counts.listing_done,
+            "downloaded": counts.downloaded,
+            "skipped": counts.skipped,
+            "failed": counts.failed,
+            "bytes": counts.bytes,
+            "items_per_s": round((counts.downloaded + counts.failed) / max(elapsed, 1e-9), 1),
+            "bytes_per_s": round(counts.bytes / max(elapsed, 1e-9)),
+            "status": self._status,
+            **transfer_fields(self._transfer() if self._transfer is not None else None),
+        }
+        return event
+
+    # -- Progress protocol -------------------------------------------------------------
+    def listed(self, count: int = 1) -> None:
+        self.counts.listed += count
+
+    def listing_done(self) -> None:
+        self.counts.listing_done = True
+
+    def item_done(self, *, skipped: bool = False) -> None:
+        if skipped:
+            self.counts.skipped += 1
+        else:
+            self.counts.downloaded += 1
+
+    def item_failed(self) -> None:
+        self.counts.failed += 1
+
+    def bytes(self, count: int) -> None:
+        self.counts.bytes += count
+
+    def expect_bytes(self, total: int | None) -> None:
+        pass  # a line carries bytes so far; a reader knowing the size divides itself
+
+    def status(self, text: str) -> None:
+        self._status = text
+
+
+def transfer_fields(stats: TransferStats | None) -> dict[str, Any]:
+    """Flow control as the fields of a progress event: limit, retries, pause seconds."""
+    if stats is None:
+        return {"limit": None, "retries": 0, "paused_s": 0.0}
+    busiest = stats.busiest()
+    return {
+        "limit": busiest.limit if busiest is not None else None,
+        "retries": stats.retries,
+        "paused_s": round(stats.paused_for, 1),
+    }
+
+
+def json_line(event: dict[str, Any]) -> str:
+    """``event`` as one line of JSON, every string in it masked."""
+    return orjson.dumps(
+        {key: redact(value) if isinstance(value, str) else value for key, value in event.items()}
+    ).decode()

@@ -22,10 +22,11 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 from urllib.parse import quote, quote_plus
 
-__all__ = ["MASK", "RedactingFormatter", "redact", "register_secret"]
+__all__ = ["MASK", "RedactingFormatter", "redact", "redact_data", "register_secret"]
 
 #: What a removed secret is replaced by (the same mask ``Secret`` shows in its repr).
 MASK: Final = "***"
@@ -180,3 +181,17 @@ class RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
+
+
+def redact_data(value: Any) -> Any:
+    """``value`` (JSON-ready data) with every string in it, keys too, at any depth, masked.
+
+    Strings are masked before any encoding, so a secret is found however JSON would escape it.
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {redact_data(key): redact_data(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(item) for item in value]
+    return value

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from annopull._cli import annolab, fake, kognic, urls
+from annopull._cli import annolab, fake, kognic, manifest, urls
 from annopull._cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -45,6 +45,8 @@ examples:
   annopull kognic scenes --scene-list scenes.txt --annotation-type T -o out.zip
   annopull annolab instruments --owner G --project P -o export.zip
   annopull urls urls.txt -o files.zip
+  annopull kognic --project P --annotation-type T -o backfill/ --shards 16 --ray auto
+  annopull manifest backfill/
   annopull fake serve            # the bundled fake platforms, for your own scripts
 """
 
@@ -83,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     kognic.register(sub)
     annolab.register(sub)
     urls.register(sub)
+    manifest.register(sub)
     fake.register(sub)
     return parser
 

@@ -16,7 +16,7 @@ import anyio
 import orjson
 
 from annopull._client import Client
-from annopull._config import Config
+from annopull._config import PROGRESS_MODES, Config
 from annopull._errors import (
     AnnopullError,
     AuthError,
@@ -26,13 +26,14 @@ from annopull._errors import (
 )
 from annopull._pipeline.pull import PullReport, parse_shard, parse_time
 from annopull._progress import (
+    JsonProgress,
     NullProgress,
     Progress,
     TerminalProgress,
     describe_transfer,
     format_bytes,
 )
-from annopull._redact import redact
+from annopull._redact import redact, redact_data
 from annopull._sinks import Sink, sink_for
 
 __all__ = [
@@ -96,42 +97,75 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         help="write a JSON summary of the run (counts, each failed item with its reason)",
     )
     group.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        help="progress on stderr: auto (a bar on a terminal, a line every 10 s elsewhere), "
+        "bar, json (one JSON object a line every second, for log pipelines) or none "
+        "(default from config: auto)",
+    )
+    group.add_argument(
         "-q", "--quiet", action="store_true", help="no progress display; errors still print"
     )
 
 
 def engine_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The ``[engine]`` settings given as flags."""
-    return {"engine": {"concurrency": getattr(args, "concurrency", None)}}
+    return {
+        "engine": {
+            "concurrency": getattr(args, "concurrency", None),
+            "progress": getattr(args, "progress", None),
+        }
+    }
 
 
 #: More would only queue in the kernel and the server; memory grows with it.
 MAX_CONCURRENCY = 1024
 
 
-def _concurrency(text: str) -> int:
-    value = _positive_int(text)
-    if value > MAX_CONCURRENCY:
-        raise argparse.ArgumentTypeError(f"at most {MAX_CONCURRENCY}, got {value}")
-    return value
+def positive_int(most: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from 1 to ``most``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        if value > most:
+            raise argparse.ArgumentTypeError(f"at most {most}, got {value}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+_concurrency = positive_int(MAX_CONCURRENCY)
 
 
-def make_progress(ctx: Context, label: str) -> TerminalProgress | None:
-    """The live display for a job, or ``None`` when quiet."""
-    return None if ctx.quiet else TerminalProgress(label)
+#: A progress display the CLI shows around a job (a context manager that can watch the
+#: transport's flow control).
+Display = TerminalProgress | JsonProgress
 
 
-def progress_or_null(progress: TerminalProgress | None) -> Progress:
+def make_progress(
+    ctx: Context, label: str, *, shard: tuple[int, int] | None = None
+) -> Display | None:
+    """The display ``--progress`` (or ``[engine] progress``) asks for; ``None`` when quiet.
+
+    Args:
+        ctx: the command's context.
+        label: what the job is.
+        shard: ``(k, n)`` when the job is one shard, for the JSON lines.
+    """
+    mode = "none" if ctx.quiet else ctx.config.engine.progress
+    if mode == "none":
+        return None
+    if mode == "json":
+        return JsonProgress(label, shard=shard)
+    return TerminalProgress(label, live=True if mode == "bar" else None)
+
+
+def progress_or_null(progress: Display | None) -> Progress:
     return progress if progress is not None else NullProgress()
 
 
@@ -170,19 +204,8 @@ def write_summary(path: Path | None, summary: Mapping[str, Any]) -> None:
     if path is None:
         return
     temp = path.with_name(path.name + ".tmp")
-    temp.write_bytes(orjson.dumps(_redacted(summary), option=orjson.OPT_INDENT_2) + b"\n")
+    temp.write_bytes(orjson.dumps(redact_data(summary), option=orjson.OPT_INDENT_2) + b"\n")
     temp.replace(path)
-
-
-def _redacted(value: Any) -> Any:
-    """``value`` with every string in it, at any depth, passed through ``redact``."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, Mapping):
-        return {_redacted(key): _redacted(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redacted(item) for item in value]
-    return value
 
 
 def print_summary(report: PullReport, *, noun: str) -> None:
@@ -238,13 +261,20 @@ Pull = Callable[[Client, Progress], Awaitable[PullReport]]
 
 
 async def run_pull(
-    ctx: Context, sink: Sink, pull: Pull, *, label: str, noun: str, summary: Path | None
+    ctx: Context,
+    sink: Sink,
+    pull: Pull,
+    *,
+    label: str,
+    noun: str,
+    summary: Path | None,
+    shard: tuple[int, int] | None = None,
 ) -> int:
     """Run ``pull`` with a client and a progress display; print and write its summary.
 
     A stop signal prints how to continue; exit 0 when every item arrived, 1 when some failed.
     """
-    progress = make_progress(ctx, label)
+    progress = make_progress(ctx, label, shard=shard)
     try:
         async with ctx.client() as client:
             if progress is not None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,13 @@ from annopull._cli.common import (
     run_pull,
     time_arg,
 )
+from annopull._cli.shards import SHARDS_EPILOG, add_shard_options, run_sharded, sharded
 from annopull._client import Client
 from annopull._errors import ConfigError, NotFoundError
 from annopull._pipeline.pull import PullReport, Selection
 from annopull._progress import Progress, format_bytes
 from annopull._redact import redact
+from annopull._sinks import Sink
 from annopull._sources.kognic import KognicSource
 from annopull._sources.kognic_reads import read_scene_list
 from annopull._storage.local import LocalFile, LocalTree
@@ -72,10 +75,13 @@ examples:
   annopull kognic --project P --annotation-type T -o nightly/ --since 2026-11-01T00:00:00Z
   annopull kognic --project P --annotation-type T -o day.zip --skip-existing previous.zip
   annopull kognic --project P --annotation-type T -o part3.zip --shard 3/8
+  annopull kognic --project P --annotation-type T -o backfill/ --shards 16 --ray auto
+  annopull kognic --project P --annotation-type T -o backfill/ --shards 16 --ray auto --resume
   annopull kognic scenes --scene-list scenes.txt --annotation-type T -o out.zip
   annopull kognic get --scene 3f0c2a4e-8f7b-4c1d-9e2a-5b6c7d8e9f01 --annotation-type T -o scene.json
   annopull kognic get --id 8d1e0f3a-1b2c-4d5e-8f90-a1b2c3d4e5f6 -o annotation.json
 
+{SHARDS_EPILOG}
 {CREDENTIALS}"""
 
 SCENES_EPILOG = f"""\
@@ -93,7 +99,9 @@ examples:
   annopull kognic scenes --scene-list scenes.txt --annotation-type T -o out.zip --resume
   annopull kognic scenes --scene-list scenes.txt --annotation-type T -o new.jsonl \\
       --since 2026-11-01T00:00:00Z --summary run.json
+  annopull kognic scenes --scene-list scenes.txt --annotation-type T -o parts/ --shards 8
 
+{SHARDS_EPILOG}
 {CREDENTIALS}"""
 
 GET_EPILOG = f"""\
@@ -149,6 +157,7 @@ def register(sub: Any) -> None:
         help="skip scenes whose annotation is unchanged in PATH (a zip, folder, .jsonl or "
         ".journal of an earlier pull); listing is still read, downloads are saved",
     )
+    add_shard_options(parser)
     transform.add_transform_options(parser)
     add_engine_options(parser)
     parser.set_defaults(run=run)
@@ -175,6 +184,7 @@ def _scenes_parser() -> argparse.ArgumentParser:
     _add_cartesian(what)
     add_output_options(parser, resume_note="; FILE must hold the same scenes")
     _add_incremental(parser, of="list")
+    add_shard_options(parser)
     transform.add_transform_options(parser)
     add_engine_options(parser)
     parser.set_defaults(run=run_scenes)
@@ -226,55 +236,121 @@ def _add_incremental(parser: argparse.ArgumentParser, *, of: str) -> argparse._A
     return incremental
 
 
-async def run(args: argparse.Namespace, ctx: Context) -> int:
-    """Run the pull; exit 0 when every item arrived, 1 when some failed."""
-    sink = output_sink(args.output, ctx)
-    if args.skip_existing is not None:
-        _check_not_replaced(args.skip_existing, args.output)
-    selection = Selection(since=args.since, skip_existing=args.skip_existing, shard=args.shard)
-    stages = transform.transform_options(args)
+@dataclass(frozen=True, kw_only=True)
+class KognicPull:
+    """One type's annotations of a project (or batch): what a run, or each shard, pulls.
 
-    async def pull(client: Client, progress: Progress) -> PullReport:
+    ``stages`` are the download's ``--transform``/``--validate`` keywords.
+    """
+
+    project: str
+    annotation_type: str
+    batch: str | None
+    cartesian: bool
+    stages: Mapping[str, Any] = field(default_factory=dict)
+
+    async def __call__(
+        self, client: Client, sink: Sink, *, selection: Selection, resume: bool, progress: Progress
+    ) -> PullReport:
         kognic = client.kognic  # credentials are checked before any display starts
         return await kognic.download(
-            args.project,
-            args.annotation_type,
-            batch=args.batch,
+            self.project,
+            self.annotation_type,
+            batch=self.batch,
             sink=sink,
             selection=selection,
-            resume=args.resume,
-            cartesian=args.cartesian,
+            resume=resume,
+            cartesian=self.cartesian,
             progress=progress,
-            **stages,
+            **self.stages,
         )
 
+
+@dataclass(frozen=True, kw_only=True)
+class ScenesPull:
+    """One type's annotation of every scene of a list: what a run, or each shard, pulls.
+
+    ``scenes`` is read lazily by one run; a sharded run hands each task the list read whole.
+    """
+
+    scenes: Iterable[str]
+    annotation_type: str
+    cartesian: bool
+    stages: Mapping[str, Any] = field(default_factory=dict)
+
+    async def __call__(
+        self, client: Client, sink: Sink, *, selection: Selection, resume: bool, progress: Progress
+    ) -> PullReport:
+        return await client.kognic.download_scenes(
+            self.scenes,
+            self.annotation_type,
+            sink=sink,
+            selection=selection,
+            resume=resume,
+            cartesian=self.cartesian,
+            progress=progress,
+            **self.stages,
+        )
+
+
+async def run(args: argparse.Namespace, ctx: Context) -> int:
+    """Run the pull; exit 0 when every item arrived, 1 when some failed."""
+    if args.skip_existing is not None:
+        _check_not_replaced(args.skip_existing, args.output)
+    what = KognicPull(
+        project=args.project,
+        annotation_type=args.annotation_type,
+        batch=args.batch,
+        cartesian=args.cartesian,
+        stages=transform.transform_options(args),
+    )
     label = f"kognic {args.project}/{args.annotation_type}"
-    return await run_pull(ctx, sink, pull, label=label, noun="annotations", summary=args.summary)
+    selection = Selection(since=args.since, skip_existing=args.skip_existing, shard=args.shard)
+    return await _run_either(args, ctx, what, label=label, selection=selection)
 
 
 async def run_scenes(args: argparse.Namespace, ctx: Context) -> int:
     """Pull the list's scenes; exit 0 when every one arrived, 1 when some failed."""
-    sink = output_sink(args.output, ctx)
-    # Read lazily: the pull checks the whole list before it fetches anything.
-    scenes = read_scene_list(args.scene_list)
+    label = f"kognic scenes {args.scene_list}/{args.annotation_type}"
     selection = Selection(since=args.since, shard=args.shard)
-    stages = transform.transform_options(args)
+    if sharded(args):
+        # Every task gets the list: read (and checked) whole here, once.
+        scenes: Iterable[str] = await anyio.to_thread.run_sync(
+            lambda: tuple(read_scene_list(args.scene_list)), abandon_on_cancel=True
+        )
+    else:
+        # Read lazily: the pull checks the whole list before it fetches anything.
+        scenes = read_scene_list(args.scene_list)
+    what = ScenesPull(
+        scenes=scenes,
+        annotation_type=args.annotation_type,
+        cartesian=args.cartesian,
+        stages=transform.transform_options(args),
+    )
+    return await _run_either(args, ctx, what, label=label, selection=selection)
+
+
+async def _run_either(
+    args: argparse.Namespace,
+    ctx: Context,
+    what: KognicPull | ScenesPull,
+    *,
+    label: str,
+    selection: Selection,
+) -> int:
+    """The pull as one run into ``-o``, or, with ``--shards``, as Ray tasks into parts."""
+    if sharded(args):
+        return await run_sharded(
+            args, ctx, pull=what, label=label, noun="annotations", selection=selection
+        )
+    sink = output_sink(args.output, ctx)
 
     async def pull(client: Client, progress: Progress) -> PullReport:
-        kognic = client.kognic
-        return await kognic.download_scenes(
-            scenes,
-            args.annotation_type,
-            sink=sink,
-            selection=selection,
-            resume=args.resume,
-            cartesian=args.cartesian,
-            progress=progress,
-            **stages,
-        )
+        return await what(client, sink, selection=selection, resume=args.resume, progress=progress)
 
-    label = f"kognic scenes {args.scene_list}/{args.annotation_type}"
-    return await run_pull(ctx, sink, pull, label=label, noun="annotations", summary=args.summary)
+    return await run_pull(
+        ctx, sink, pull, label=label, noun="annotations", summary=args.summary, shard=args.shard
+    )
 
 
 @dataclass(frozen=True, slots=True)

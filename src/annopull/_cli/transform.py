@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from annopull._cli.common import _positive_int
+from annopull._cli.common import positive_int
 from annopull._errors import ConfigError
 from annopull._pipeline.workers import MAX_WORKERS, load_function
 from annopull._sources.kognic_transform import require_openlabel
@@ -41,7 +41,7 @@ def add_transform_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--workers",
-        type=_workers,
+        type=positive_int(MAX_WORKERS),
         metavar="N",
         help=f"processes for --transform and --validate, 1 to {MAX_WORKERS} (default: the "
         "CPU count)",
@@ -76,10 +76,3 @@ def transform_options(args: argparse.Namespace) -> dict[str, Any]:
         "workers": args.workers,
         "workers_mode": args.workers_mode or "process",
     }
-
-
-def _workers(text: str) -> int:
-    value = _positive_int(text)
-    if value > MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"at most {MAX_WORKERS}, got {value}")
-    return value

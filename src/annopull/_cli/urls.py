@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -15,14 +16,17 @@ from annopull._cli.common import (
     output_sink,
     run_pull,
 )
+from annopull._cli.shards import SHARDS_EPILOG, add_shard_options, run_sharded, sharded
 from annopull._client import Client
 from annopull._pipeline.pull import PullReport, Selection
 from annopull._progress import Progress
-from annopull._sources.urls import UrlSource, read_url_list
+from annopull._sinks import Sink
+from annopull._sources.urls import UrlList, UrlSource, read_url_list
 
 __all__ = ["register"]
 
-EPILOG = """\
+EPILOG = (
+    """\
 LIST: one URL a line, or URL<TAB>NAME; blank lines and lines starting with # are ignored;
 - reads the list from stdin. The whole list is checked before anything is fetched: a
 malformed line (not http/https, no host, a bad port, an empty NAME, control characters)
@@ -47,9 +51,13 @@ examples:
   make-signed-urls | annopull urls - -o files/ --concurrency 64
   annopull urls urls.txt -o files.zip --resume
   annopull urls urls.txt -o part2.zip --shard 2/4 --summary run.json
+  annopull urls urls.txt -o parts/ --shards 4 --ray local
 
 No credentials are needed, and no Authorization header is sent to the URLs.
+
 """
+    + SHARDS_EPILOG
+)
 
 
 def register(sub: Any) -> None:
@@ -66,22 +74,41 @@ def register(sub: Any) -> None:
     )
     where = add_output_options(parser, resume_note="; LIST must hold the same entries")
     add_shard_option(where, hashed="NAME, else the URL", of="list")
+    add_shard_options(parser)
     add_engine_options(parser)
     parser.set_defaults(run=run)
 
 
-async def run(args: argparse.Namespace, ctx: Context) -> int:
-    """Fetch the list; exit 0 when every URL arrived, 1 when some failed."""
-    sink = output_sink(args.output, ctx)
-    # Checked whole before any output exists or anything is fetched.
-    urls = await anyio.to_thread.run_sync(read_url_list, args.list, abandon_on_cancel=True)
+@dataclass(frozen=True, kw_only=True)
+class UrlsPull:
+    """Every URL of a list: what a run, or each shard, fetches."""
 
-    async def pull(client: Client, progress: Progress) -> PullReport:
-        source = UrlSource(transport=client.transport, urls=urls)
+    urls: UrlList
+
+    async def __call__(
+        self, client: Client, sink: Sink, *, selection: Selection, resume: bool, progress: Progress
+    ) -> PullReport:
+        source = UrlSource(transport=client.transport, urls=self.urls)
         return await source.download(
-            sink=sink, selection=Selection(shard=args.shard), resume=args.resume, progress=progress
+            sink=sink, selection=selection, resume=resume, progress=progress
         )
 
+
+async def run(args: argparse.Namespace, ctx: Context) -> int:
+    """Fetch the list; exit 0 when every URL arrived, 1 when some failed."""
+    sink = None if sharded(args) else output_sink(args.output, ctx)
+    # Checked whole before any output exists or anything is fetched.
+    urls = await anyio.to_thread.run_sync(read_url_list, args.list, abandon_on_cancel=True)
+    what, label = UrlsPull(urls=urls), f"urls {urls.origin}"
+    selection = Selection(shard=args.shard)
+    if sink is None:
+        return await run_sharded(
+            args, ctx, pull=what, label=label, noun="files", selection=selection
+        )
+
+    async def pull(client: Client, progress: Progress) -> PullReport:
+        return await what(client, sink, selection=selection, resume=args.resume, progress=progress)
+
     return await run_pull(
-        ctx, sink, pull, label=f"urls {urls.origin}", noun="files", summary=args.summary
+        ctx, sink, pull, label=label, noun="files", summary=args.summary, shard=args.shard
     )

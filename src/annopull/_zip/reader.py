@@ -42,6 +42,7 @@ __all__ = [
     "ExtractReport",
     "ZipCheck",
     "extract_zip",
+    "iter_entry_comments",
     "iter_jsonl_member",
     "read_entry_comments",
     "unsafe_entry_reason",
@@ -348,22 +349,36 @@ def read_entry_comments(path: Path) -> Iterator[tuple[str, str]]:
     """
     try:
         with path.open("rb", buffering=1 << 20) as fh:
-            count, cd_offset = _central_directory_position(fh, path)
-            fh.seek(cd_offset)
-            for _ in range(count):
-                yield _central_record(fh, path)
+            yield from iter_entry_comments(fh, where=str(path))
     except OSError as exc:
         raise ZipFormatError(f"cannot read zip: {exc.strerror}", item=str(path)) from None
 
 
-def _central_directory_position(fh: IO[bytes], path: Path) -> tuple[int, int]:
+def iter_entry_comments(fh: IO[bytes], *, where: str) -> Iterator[tuple[str, str]]:
+    """:func:`read_entry_comments` over any seekable binary file (e.g. ranged reads of an
+    object in a store); it reads the tail, then the central directory front to back.
+
+    Args:
+        fh: the zip, open for reading.
+        where: the zip as named in errors.
+
+    Raises:
+        ZipFormatError: not a zip, or a damaged central directory.
+    """
+    count, cd_offset = _central_directory_position(fh, where)
+    fh.seek(cd_offset)
+    for _ in range(count):
+        yield _central_record(fh, where)
+
+
+def _central_directory_position(fh: IO[bytes], where: str) -> tuple[int, int]:
     """(entry count, central directory offset) from the end records, ZIP64 ones included."""
     size = fh.seek(0, os.SEEK_END)
     fh.seek(max(0, size - (END.size + U16_MAX)))
     tail = fh.read()
     at = tail.rfind(END_SIG.to_bytes(4, "little"))
     if at < 0 or at + END.size > len(tail):
-        raise ZipFormatError("not a zip file (no end of central directory)", item=str(path))
+        raise ZipFormatError("not a zip file (no end of central directory)", item=where)
     _, _, _, _, count, _, cd_offset, _ = END.unpack_from(tail, at)
     locator_at = at - ZIP64_LOCATOR.size
     if locator_at >= 0 and ZIP64_LOCATOR.unpack_from(tail, locator_at)[0] == ZIP64_LOCATOR_SIG:
@@ -371,16 +386,16 @@ def _central_directory_position(fh: IO[bytes], path: Path) -> tuple[int, int]:
         record = fh.read(ZIP64_END.size)
         fields = ZIP64_END.unpack(record) if len(record) == ZIP64_END.size else None
         if fields is None or fields[0] != ZIP64_END_SIG:
-            raise ZipFormatError("damaged ZIP64 end of central directory", item=str(path))
+            raise ZipFormatError("damaged ZIP64 end of central directory", item=where)
         count, cd_offset = fields[7], fields[9]
     return count, cd_offset
 
 
-def _central_record(fh: IO[bytes], path: Path) -> tuple[str, str]:
+def _central_record(fh: IO[bytes], where: str) -> tuple[str, str]:
     head = fh.read(CENTRAL_HEADER.size)
     fields = CENTRAL_HEADER.unpack(head) if len(head) == CENTRAL_HEADER.size else None
     if fields is None or fields[0] != CENTRAL_SIG:
-        raise ZipFormatError("damaged central directory", item=str(path))
+        raise ZipFormatError("damaged central directory", item=where)
     flags, name_len, extra_len, comment_len = fields[3], fields[10], fields[11], fields[12]
     name = fh.read(name_len)
     fh.seek(extra_len, os.SEEK_CUR)
