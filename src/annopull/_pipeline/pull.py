@@ -380,9 +380,10 @@ async def pull_through(
 ) -> PullReport:
     """:func:`pull` with the settings of ``transport``'s engine, reporting its flow control.
 
-    What a source that fetches through a :class:`Transport` calls: concurrency and spool
-    size come from the engine, and the report carries the transport's limits, retries and
-    pauses per host.
+    What a source that fetches through a :class:`Transport` calls: spool size comes from
+    the engine, and the report carries the transport's limits, retries and pauses per host.
+    Fetches run up to ``max_concurrency`` at once: each host's adaptive limit, which starts
+    at ``concurrency``, decides how many of them are on the wire.
     """
     engine = transport.engine
     report = await pull(
@@ -391,7 +392,7 @@ async def pull_through(
         selection=selection,
         resume=resume,
         progress=progress,
-        concurrency=engine.concurrency,
+        concurrency=max(engine.concurrency, engine.max_concurrency),
         spool_memory=engine.spool_memory,
         spool_dir=spool_dir,
     )
