@@ -653,12 +653,13 @@ class _Run(Generic[ItemT]):
         """
         ledger = self.ledger
         assert ledger is not None
+        # Two indexed queries for the whole batch, not one or two per entry.
+        held = ledger.held_keys(f.item.key for f in batch)
         keys: set[str] = set()
-        names: set[str] = set()
-        named = []
+        wanted: list[tuple[Fetched[ItemT, Spool], str]] = []
         for fetched in batch:
             item = fetched.item
-            if item.key in keys or ledger.version_of(item.key) is not None:
+            if item.key in keys or item.key in held:
                 self._skip()
                 continue
             try:
@@ -667,12 +668,19 @@ class _Run(Generic[ItemT]):
             except AnnopullError as exc:
                 self._fail(item.key, exc)
                 continue
-            name = next(
-                c for c in name_candidates(clean) if c not in names and not ledger.has_name(c)
-            )
             keys.add(item.key)
+            wanted.append((fetched, clean))
+        taken = ledger.held_names(clean for _, clean in wanted)
+        names: set[str] = set()
+        named = []
+        for fetched, clean in wanted:
+            name = next(
+                c
+                for c in name_candidates(clean)
+                if c not in names and c not in taken and (c == clean or not ledger.has_name(c))
+            )
             names.add(name)
-            named.append((fetched, _entry_info(item, name, fetched.result.size)))
+            named.append((fetched, _entry_info(fetched.item, name, fetched.result.size)))
         return named
 
     def _settle(
