@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 
-def sink_for(output: str, *, compress_level: int = 6) -> Sink:
+def sink_for(output: str, *, compress_level: int = 1) -> Sink:
     """Pick the sink an output name names.
 
     ``*.zip`` a zip file, ``-`` a zip on stdout, a path ending in ``/`` or an existing
