@@ -307,32 +307,27 @@ def run_kognic(s: Scenario, ctx: Context) -> list[Row]:
             tool="official",
             label=f"kognic-io get_project_annotations (sample {s.sample:,})",
         )
+    # annopull again with one setting changed: tool -> (label, note, environment).
+    variants: dict[str, tuple[str, str, dict[str, str]]] = {}
     if s.asyncio_row:
-        rows["asyncio"] = Row(
-            scenario=s.name,
-            tool="asyncio",
-            label="annopull -> zip, plain asyncio loop (ANNOPULL_LOOP=asyncio)",
-            note="the same event loop as the bare aiohttp loop's",
+        variants["asyncio"] = (
+            "annopull -> zip, plain asyncio loop (ANNOPULL_LOOP=asyncio)",
+            "the same event loop as the bare aiohttp loop's",
+            {"ANNOPULL_LOOP": "asyncio"},
         )
     if s.stored_row:
-        rows["stored"] = Row(
-            scenario=s.name,
-            tool="stored",
-            label="annopull -> zip, entries stored (compress_level 0)",
-            note="for comparison only: the zip's entries stored, not deflated",
+        variants["stored"] = (
+            "annopull -> zip, entries stored (compress_level 0)",
+            "for comparison only: the zip's entries stored, not deflated",
+            {"ANNOPULL_ENGINE_COMPRESS_LEVEL": "0"},
         )
+    for tool, (label, note, _) in variants.items():
+        rows[tool] = Row(scenario=s.name, tool=tool, label=label, note=note)
     serve = ["--count", str(s.count), "--content-size", str(s.content_size)]
     serve += ["--page-size", str(PAGE_SIZE), "--latency", str(s.latency), "--url-ttl", str(URL_TTL)]
     with fake_serve(*serve) as described:
         fake = described["kognic"]
         env = _kognic_env(fake)
-
-        def annopull() -> None:
-            _rm(*_outputs(out))
-            measured = measure(_annopull_kognic_command(s, fake, out), env=env, timeout=4 * 3600)
-            summary = _annopull_summary(out, s.count)
-            rows["annopull"].add(measured, items=s.count, size=summary["bytes"])
-            _rm(*_outputs(out))
 
         def ceiling() -> None:
             params = {"fake": fake, "concurrency": concurrency}
@@ -348,28 +343,23 @@ def run_kognic(s: Scenario, ctx: Context) -> list[Row]:
                 measured, items=got["items"], size=got["bytes"], seconds=got["seconds"]
             )
 
-        def stored() -> None:
-            _rm(*_outputs(out))
-            command = _annopull_kognic_command(s, fake, out)
-            stored_env = {**env, "ANNOPULL_ENGINE_COMPRESS_LEVEL": "0"}
-            measured = measure(command, env=stored_env, timeout=4 * 3600)
-            summary = _annopull_summary(out, s.count)
-            rows["stored"].add(measured, items=s.count, size=summary["bytes"])
-            _rm(*_outputs(out))
+        def variant(tool: str) -> Callable[[], None]:
+            """annopull itself ("annopull"), or one of its variants."""
+            extra = variants[tool][2] if tool in variants else {}
 
-        def plain() -> None:
-            _rm(*_outputs(out))
-            command = _annopull_kognic_command(s, fake, out)
-            measured = measure(command, env={**env, "ANNOPULL_LOOP": "asyncio"}, timeout=4 * 3600)
-            summary = _annopull_summary(out, s.count)
-            rows["asyncio"].add(measured, items=s.count, size=summary["bytes"])
-            _rm(*_outputs(out))
+            def run() -> None:
+                _rm(*_outputs(out))
+                command = _annopull_kognic_command(s, fake, out)
+                measured = measure(command, env={**env, **extra}, timeout=4 * 3600)
+                summary = _annopull_summary(out, s.count)
+                rows[tool].add(measured, items=s.count, size=summary["bytes"])
+                _rm(*_outputs(out))
 
-        tools = [annopull] if s.annopull_only else [annopull, ceiling, official]
-        if s.asyncio_row:
-            tools.append(plain)
-        if s.stored_row:
-            tools.append(stored)
+            return run
+
+        tools = [variant("annopull")]
+        tools += [] if s.annopull_only else [ceiling, official]
+        tools += [variant(tool) for tool in variants]
         _alternating(ctx.runs, tools)
         if ctx.profile_dir is not None:
             _profile(s.name, _annopull_kognic_command(s, fake, out), env, ctx)
