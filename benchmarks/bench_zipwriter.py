@@ -24,8 +24,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
-
 from annopull._pipeline.journal import Journal
+
 from annopull._zip.writer import WholeEntry, ZipWriter
 
 
