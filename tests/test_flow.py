@@ -187,6 +187,27 @@ def test_rising_latency_holds_growth() -> None:
     assert limiter.limit == grown
 
 
+def _answer_at(limiter: HostLimiter, clock: VirtualClock, rate: Callable[[int], float]) -> None:
+    """One good answer at a full limit, ``1 / rate(limit)`` seconds after the last one."""
+    clock.advance(1.0 / rate(limiter.limit))
+    limiter.on_success(0.01)
+
+
+def test_limit_grows_while_the_rate_rises_and_holds_when_it_stops() -> None:
+    """Latency-bound answers (rate ~ limit) let it grow; a flat rate holds it, then re-probes."""
+    clock = VirtualClock()
+    limiter = HostLimiter(initial=8, maximum=256, clock=clock)
+    for _ in range(2000):
+        _answer_at(limiter, clock, lambda limit: limit / 0.03)
+    assert limiter.limit > 40
+    # Saturated at 50 requests' worth of answers per RTT: more in flight only queues.
+    flat = HostLimiter(initial=8, maximum=256, clock=clock)
+    for _ in range(20_000):
+        _answer_at(flat, clock, lambda limit: min(limit, 50) / 0.03)
+    assert 50 < flat.limit < 80
+    assert flat.highest < 80
+
+
 async def test_overload_halves_once_per_window_and_never_below_one() -> None:
     """A decrease halves the limit; answers to requests sent before it do not decrease again."""
     limiter = _limiter(initial=32, maximum=64)

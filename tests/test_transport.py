@@ -411,7 +411,9 @@ async def test_download_without_resume_restarts(storage: Any) -> None:
     fake.faults.add(Fault(target="content", truncate_after=5000, times=2))
     target = Bytes()
     seen: list[int] = []
-    async with Transport(engine=_engine()) as transport:
+    # Chunks smaller than the body, so it streams (a body within one chunk is read whole,
+    # and a cut one then leaves nothing to discard).
+    async with Transport(engine=_engine(engine={"chunk_size": 4096})) as transport:
         await transport.download(uri, target, on_bytes=seen.append)
     assert bytes(target.data) == content
     assert fake.stats.content_bytes == len(content) + 2 * 5000
@@ -762,7 +764,10 @@ async def test_cut_body_every_time_is_truncated_body_error(storage: Any) -> None
     fake, uri, content = storage
     fake.faults.add(Fault(target="content", truncate_after=1000, times=3))
     target = Bytes()
-    async with Transport(engine=_engine(max_attempts=3)) as transport:
+    # Streamed in chunks smaller than the body (one within a chunk is read whole, and a cut
+    # one keeps no prefix).
+    engine = _engine(max_attempts=3, engine={"chunk_size": 512})
+    async with Transport(engine=engine) as transport:
         with pytest.raises(TruncatedBodyError) as info:
             await transport.download(uri, target, item="scene-1")
     assert (info.value.attempts, info.value.item) == (3, "scene-1")

@@ -130,7 +130,7 @@ class EngineConfig:
     chunk_size: int = 256 * 1024
     max_answer_bytes: int = 64 * 1024 * 1024
     spool_memory: int = 4 * 1024 * 1024
-    compress_level: int = 6
+    compress_level: int = 1
     progress: str = "auto"
 
 

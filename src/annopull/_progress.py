@@ -166,6 +166,10 @@ class _TransferColumn(ProgressColumn):
         return Text(self._text())
 
 
+#: Seconds between updates of the live bar's fields (it redraws 5 times a second).
+_UPDATE_INTERVAL = 0.1
+
+
 class TerminalProgress:
     """Live progress on stderr: a rich bar on a terminal, periodic plain lines elsewhere.
 
@@ -202,6 +206,7 @@ class TerminalProgress:
         self._status = ""
         self._started = time.monotonic()
         self._last_line = self._started
+        self._last_update = -math.inf
         self._rich: RichProgress | None = None
         self._task: TaskID | None = None
         self._transfer: Callable[[], TransferStats] | None = None
@@ -238,7 +243,7 @@ class TerminalProgress:
         # The bar shows its final state; plain output needs no last line, since the
         # command's one-line summary (or its error) follows.
         if self._rich is not None:
-            self._refresh()
+            self._refresh(force=True)
             self._rich.stop()
 
     # -- Progress protocol -------------------------------------------------------------
@@ -248,7 +253,7 @@ class TerminalProgress:
 
     def listing_done(self) -> None:
         self._listing_done = True
-        self._refresh()
+        self._refresh(force=True)
 
     def item_done(self, *, skipped: bool = False) -> None:
         self.done += 1
@@ -300,7 +305,13 @@ class TerminalProgress:
         return "  ".join(parts)
 
     def _refresh(self, *, force: bool = False) -> None:
+        now = time.monotonic()
         if self._rich is not None and self._task is not None:
+            # The bar redraws 5 times a second: feeding it on every item or chunk would
+            # cost more than the item itself on a fast pull.
+            if not force and now - self._last_update < _UPDATE_INTERVAL:
+                return
+            self._last_update = now
             by_items = self._bytes_total is None
             self._rich.update(
                 self._task,
@@ -308,11 +319,10 @@ class TerminalProgress:
                 if by_items
                 else self._bytes_total,
                 completed=self.done + self.failed if by_items else self.byte_count,
-                counts=self._counts(time.monotonic()),
+                counts=self._counts(now),
                 extra=self._extra(),
             )
             return
-        now = time.monotonic()
         if force or now - self._last_line >= self._interval:
             self._last_line = now
             print(self._plain_line(now), file=self._stream, flush=True)

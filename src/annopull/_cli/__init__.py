@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -109,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.sync_command(args)
         return code
     try:
-        code = anyio.run(_run, args)
+        code = anyio.run(_run, args, backend_options={"use_uvloop": _use_uvloop()})
     except KeyboardInterrupt:
         fail("interrupted")
         code = EXIT_INTERRUPTED
@@ -118,6 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # shuts down must not turn exit 130 into death by signal.
         _ignore_stop_signals()
     return code
+
+
+def _use_uvloop() -> bool:
+    """uvloop when installed (``annopull[speed]``), unless ``ANNOPULL_LOOP=asyncio``."""
+    if os.environ.get("ANNOPULL_LOOP", "").strip().lower() == "asyncio":
+        return False
+    return importlib.util.find_spec("uvloop") is not None
 
 
 async def _run(args: argparse.Namespace) -> int:

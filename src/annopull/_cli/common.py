@@ -88,7 +88,11 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         "--concurrency",
         type=_concurrency,
         metavar="N",
-        help=f"downloads in flight at once, 1 to {MAX_CONCURRENCY} (default from config: 32)",
+        help=(
+            f"exactly N downloads in flight at most, 1 to {MAX_CONCURRENCY} (default: start "
+            "at the config's concurrency, 32, and grow while the rate rises, up to its "
+            "max_concurrency, 256)"
+        ),
     )
     group.add_argument(
         "--summary",
@@ -110,9 +114,13 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 def engine_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The ``[engine]`` settings given as flags."""
+    # A number asked for on the command line is a fixed one: the limit may still halve on
+    # overload, but grows back no further than that.
+    concurrency = getattr(args, "concurrency", None)
     return {
         "engine": {
-            "concurrency": getattr(args, "concurrency", None),
+            "concurrency": concurrency,
+            "max_concurrency": concurrency,
             "progress": getattr(args, "progress", None),
         }
     }

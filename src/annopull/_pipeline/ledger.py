@@ -257,6 +257,26 @@ class Ledger:
         row = self._conn.execute("SELECT 1 FROM entries WHERE name = ? LIMIT 1", (name,))
         return row.fetchone() is not None
 
+    def held_keys(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` are recorded (pending rows included): a query per few hundred."""
+        return self._held("key", keys)
+
+    def held_names(self, names: Iterable[str]) -> set[str]:
+        """Which of ``names`` are recorded (pending rows included): a query per few hundred."""
+        return self._held("name", names)
+
+    def _held(self, column: str, values: Iterable[str]) -> set[str]:
+        # One indexed IN query per batch instead of a statement per entry; pages stay below
+        # SQLite's oldest limit on bound parameters (999).
+        wanted = list(dict.fromkeys(values))
+        found: set[str] = set()
+        for start in range(0, len(wanted), _PAGE_ROWS):
+            page = wanted[start : start + _PAGE_ROWS]
+            marks = ",".join("?" * len(page))
+            query = f"SELECT DISTINCT {column} FROM entries WHERE {column} IN ({marks})"
+            found.update(row[0] for row in self._conn.execute(query, page))
+        return found
+
     def version_of(self, key: str) -> str | None:
         """The version last recorded for ``key`` (pending rows included), or ``None``."""
         cursor = self._conn.execute(

@@ -422,9 +422,10 @@ async def pull_through(
 ) -> PullReport:
     """:func:`pull` with the settings of ``transport``'s engine, reporting its flow control.
 
-    What a source that fetches through a :class:`Transport` calls: concurrency and spool
-    size come from the engine, and the report carries the transport's limits, retries and
-    pauses per host.
+    What a source that fetches through a :class:`Transport` calls: spool size comes from
+    the engine, and the report carries the transport's limits, retries and pauses per host.
+    Fetches run up to ``max_concurrency`` at once: each host's adaptive limit, which starts
+    at ``concurrency``, decides how many of them are on the wire.
     """
     engine = transport.engine
     report = await pull(
@@ -434,7 +435,7 @@ async def pull_through(
         resume=resume,
         stage=stage,
         progress=progress,
-        concurrency=engine.concurrency,
+        concurrency=max(engine.concurrency, engine.max_concurrency),
         spool_memory=engine.spool_memory,
         spool_dir=spool_dir,
     )
@@ -735,12 +736,13 @@ class _Run(Generic[ItemT]):
         """
         ledger = self.ledger
         assert ledger is not None
+        # Two indexed queries for the whole batch, not one or two per entry.
+        held = ledger.held_keys(f.item.key for f in batch)
         keys: set[str] = set()
-        names: set[str] = set()
-        named = []
+        wanted: list[tuple[Fetched[ItemT, Staged], ItemT, str]] = []
         for fetched in batch:
             item = _restaged(fetched.item, fetched.result)
-            if item.key in keys or ledger.version_of(item.key) is not None:
+            if item.key in keys or item.key in held:
                 self._skip()
                 continue
             try:
@@ -749,10 +751,17 @@ class _Run(Generic[ItemT]):
             except AnnopullError as exc:
                 self._fail(item.key, exc)
                 continue
-            name = next(
-                c for c in name_candidates(clean) if c not in names and not ledger.has_name(c)
-            )
             keys.add(item.key)
+            wanted.append((fetched, item, clean))
+        taken = ledger.held_names(clean for _, _, clean in wanted)
+        names: set[str] = set()
+        named = []
+        for fetched, item, clean in wanted:
+            name = next(
+                c
+                for c in name_candidates(clean)
+                if c not in names and c not in taken and (c == clean or not ledger.has_name(c))
+            )
             names.add(name)
             named.append((fetched, _entry_info(item, name, fetched.result.spool.size)))
         return named

@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = ["Fetched", "fan_out", "sole_error"]
 
@@ -78,13 +78,13 @@ async def fan_out(
                 if started < concurrency and todo_send.statistics().tasks_waiting_receive == 0:
                     tg.start_soon(_work, fetch, todo_recv.clone(), done_send.clone())
                     started += 1
-                await todo_send.send(item)
+                await _send(todo_send, item)
 
     try:
         with sole_error():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(produce, tg)
-                async for fetched in done_recv:
+                while (fetched := await _receive(done_recv)) is not None:
                     await consume(_take_ready(done_recv, [fetched], batch))
     finally:
         if discard is not None:
@@ -132,14 +132,37 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 async def _work(
     fetch: Callable[[T], Awaitable[R | None]],
-    todo: ObjectReceiveStream[T],
-    done: ObjectSendStream[Fetched[T, R]],
+    todo: MemoryObjectReceiveStream[T],
+    done: MemoryObjectSendStream[Fetched[T, R]],
 ) -> None:
     async with todo, done:
-        async for item in todo:
+        while (item := await _receive(todo)) is not None:
             result = await fetch(item)
             if result is not None:
-                await done.send(Fetched(item, result))
+                await _send(done, Fetched(item, result))
+
+
+# The streams' own send() and receive() pass through the event loop once each even when
+# they need not wait: four loop turns per item. Every fetch awaits the network anyway, so
+# waiting only when the buffer says so costs no responsiveness to cancellation.
+async def _send(stream: MemoryObjectSendStream[T], value: T) -> None:
+    try:
+        stream.send_nowait(value)
+    except anyio.WouldBlock:
+        await stream.send(value)
+
+
+async def _receive(stream: MemoryObjectReceiveStream[T]) -> T | None:
+    """The next value, or ``None`` at the end of the stream."""
+    try:
+        return stream.receive_nowait()
+    except anyio.WouldBlock:
+        try:
+            return await stream.receive()
+        except anyio.EndOfStream:
+            return None
+    except anyio.EndOfStream:
+        return None
 
 
 async def _drain(

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 
-def sink_for(output: str, *, compress_level: int = 6, storage: StorageConfig | None = None) -> Sink:
+def sink_for(output: str, *, compress_level: int = 1, storage: StorageConfig | None = None) -> Sink:
     """Pick the sink an output name names.
 
     ``*.zip`` a zip file, ``-`` a zip on stdout, a path ending in ``/`` or an existing

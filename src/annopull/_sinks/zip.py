@@ -35,7 +35,7 @@ class ZipSink(ObjectSink):
     kind = "zip"
 
     def __init__(
-        self, target: Path | str | BinaryIO | ObjectStorage, *, compress_level: int = 6
+        self, target: Path | str | BinaryIO | ObjectStorage, *, compress_level: int = 1
     ) -> None:
         super().__init__(_storage_for(target))
         self._level = compress_level

@@ -47,7 +47,8 @@ from annopull._storage.bucket import S3Download
 from annopull._storage.local import LocalFile
 from annopull._storage.target import BlobTarget
 from annopull._transport.http import AuthProvider, Transport
-from annopull._zip.reader import extract_zip, iter_jsonl_member, verify_zip
+from annopull._zip.reader import ZipCheck, extract_zip, iter_jsonl_member, verify_zip
+from annopull._zip.streamcheck import StreamCheck
 
 __all__ = [
     "AnnoLabSource",
@@ -448,11 +449,11 @@ class AnnoLabSource:
         await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
         # No journal: a download resumes from the bytes its .part holds (HTTP Range).
         storage = LocalFile(path, resumable=False)
-        async with await BlobTarget.open(storage, resume=True) as target:
-            size, resumed = await self._fetch(
+        async with await BlobTarget.open(storage, resume=True, batch_size=_BATCH) as target:
+            size, resumed, check = await self._fetch(
                 job, target, str(storage.partial_path), report, sized=sized
             )
-            entries = await self._verify(storage.partial_path, job, resumed)
+            entries = await self._verify(storage.partial_path, job, resumed, check)
             await target.publish(storage)
         return ExportResult(
             label=job.label,
@@ -467,13 +468,15 @@ class AnnoLabSource:
         self, job: ExportJob, output: S3Download, report: Progress, *, sized: bool
     ) -> ExportResult:
         staging = output.staging
-        async with await BlobTarget.open(staging, resume=True) as target:
-            size, resumed = await self._fetch(job, target, staging.description, report, sized=sized)
+        async with await BlobTarget.open(staging, resume=True, batch_size=_BATCH) as target:
+            size, resumed, check = await self._fetch(
+                job, target, staging.description, report, sized=sized
+            )
             await target.publish(staging)
         # Checked with ranged reads of the staged copy: no local file, no seekable disk.
         reader = await anyio.to_thread.run_sync(output.reader)
         try:
-            entries = await self._verify(reader, job, resumed)
+            entries = await self._verify(reader, job, resumed, check)
         finally:
             reader.close()
         await anyio.to_thread.run_sync(output.promote)
@@ -496,11 +499,11 @@ class AnnoLabSource:
         storage = LocalFile(
             zip_path, partial=zip_path.with_name(zip_path.name + ".part"), resumable=False
         )
-        async with await BlobTarget.open(storage, resume=True) as target:
-            size, resumed = await self._fetch(
+        async with await BlobTarget.open(storage, resume=True, batch_size=_BATCH) as target:
+            size, resumed, check = await self._fetch(
                 job, target, str(storage.partial_path), report, sized=sized
             )
-        entries = await self._verify(storage.partial_path, job, resumed)
+        entries = await self._verify(storage.partial_path, job, resumed, check)
         report.status(f"{job.label}: extracting")
         extracted = await extract_zip(storage.partial_path, folder)
         await anyio.to_thread.run_sync(storage.discard_partial)
@@ -523,10 +526,15 @@ class AnnoLabSource:
         report: Progress,
         *,
         sized: bool,
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, StreamCheck | None]:
         """Stream the zip into ``target`` (the file ``part``), durable when this returns.
 
-        Returns its size and the bytes an earlier run had left there.
+        Returns its size, the bytes an earlier run had left there, and the check of the
+        entries' CRCs made as the bytes arrived (``None`` for a resumed download, whose
+        start this run did not see).
+
+        Raises:
+            ZipFormatError: an entry's CRC or size did not match as it arrived.
         """
         current = job
 
@@ -544,10 +552,11 @@ class AnnoLabSource:
         if resumed:
             report.bytes(resumed)
         report.status(f"{job.label}: downloading" + (" (resuming)" if resumed else ""))
+        checked = _CheckedTarget(target, None if resumed else StreamCheck())
         try:
             size = await self._transport.download(
                 job.download_url,
-                target,
+                checked,
                 resume=True,
                 refresh_url=fresh_url,
                 on_bytes=report.bytes,
@@ -563,27 +572,35 @@ class AnnoLabSource:
                 attempts=exc.attempts,
                 item=job.label,
             ) from exc
+        except ZipFormatError as exc:
+            raise _not_verified(exc, part=part, job=job, resumed=resumed) from exc
+        try:
+            check = await checked.settle()
+        except ZipFormatError as exc:
+            raise _not_verified(exc, part=part, job=job, resumed=resumed) from exc
         # On disk before the zip is verified there by path.
         await target.sync()
-        return size, resumed
+        return size, resumed, check
 
-    async def _verify(self, source: Path | BinaryIO, job: ExportJob, resumed: int) -> int:
+    async def _verify(
+        self, source: Path | BinaryIO, job: ExportJob, resumed: int, streamed: StreamCheck | None
+    ) -> int:
         """Check the central directory and every CRC of ``source`` (a file, or a seekable
-        reader of a staged object); return its entry count."""
+        reader of a staged object); return its entry count.
+
+        The CRCs checked as the bytes arrived (``streamed``) need only the central directory
+        read back; without them (a resumed download, or a zip the walk could not follow)
+        every entry is read again.
+        """
         part = str(getattr(source, "name", source))
         try:
-            check = await verify_zip(source)
+            check: ZipCheck | None = None
+            if streamed is not None:
+                check = await anyio.to_thread.run_sync(streamed.finish, source)
+            if check is None:
+                check = await verify_zip(source)
         except ZipFormatError as exc:
-            hint = (
-                f"; {resumed} bytes came from an earlier run: if the export was rebuilt since, "
-                f"delete {part} and run again"
-                if resumed
-                else ""
-            )
-            raise ZipFormatError(
-                f"downloaded export does not verify, kept as {part}: {exc.reason}{hint}",
-                item=job.label,
-            ) from exc
+            raise _not_verified(exc, part=part, job=job, resumed=resumed) from exc
         return check.entries
 
     async def _size_of(self, job: ExportJob) -> int | None:
@@ -839,6 +856,83 @@ def _job_from(*, kind: str, label: str, status_url: str, answer: Mapping[str, An
         error=str(error) if error is not None else None,
         raw=dict(answer),
     )
+
+
+def _not_verified(
+    exc: ZipFormatError, *, part: str, job: ExportJob, resumed: int
+) -> ZipFormatError:
+    hint = (
+        f"; {resumed} bytes came from an earlier run: if the export was rebuilt since, "
+        f"delete {part} and run again"
+        if resumed
+        else ""
+    )
+    return ZipFormatError(
+        f"downloaded export does not verify, kept as {part}: {exc.reason}{hint}",
+        item=job.label,
+    )
+
+
+#: Bytes written to the ``.part`` per worker-thread hop, and walked by the CRC check per hop.
+_BATCH: Final = 4 << 20
+
+
+class _CheckedTarget:
+    """A download target whose bytes also go through a :class:`StreamCheck`, off the loop.
+
+    The check is fed a few MiB per worker-thread hop. A retry that cuts the bytes back to
+    the start begins a new check; one that resumes mid-file leaves the check undecided (the
+    file is then verified the slow way).
+    """
+
+    def __init__(self, target: BlobTarget, check: StreamCheck | None) -> None:
+        self._target = target
+        self._check = check
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+
+    @property
+    def size(self) -> int:
+        return self._target.size
+
+    async def write(self, chunk: bytes) -> None:
+        await self._target.write(chunk)
+        if self._check is not None:
+            self._pending.append(chunk)
+            self._pending_size += len(chunk)
+            if self._pending_size >= _BATCH:
+                await self._feed()
+
+    async def truncate(self, size: int) -> None:
+        if size < self._target.size and self._check is not None:
+            self._pending.clear()
+            self._pending_size = 0
+            if size == 0:
+                self._check = StreamCheck()
+            else:
+                self._check.give_up("the download was cut back mid-file")
+        await self._target.truncate(size)
+
+    async def settle(self) -> StreamCheck | None:
+        """Walk what is left; the check, to :meth:`StreamCheck.finish` on the file.
+
+        Raises:
+            ZipFormatError: an entry's CRC or size did not match.
+        """
+        await self._feed()
+        return self._check
+
+    async def _feed(self) -> None:
+        pending, self._pending = self._pending, []
+        self._pending_size = 0
+        check = self._check
+        if check is not None and pending:
+            await anyio.to_thread.run_sync(_feed_all, check, pending)
+
+
+def _feed_all(check: StreamCheck, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        check.feed(chunk)
 
 
 def _raise_if_errored(job: ExportJob) -> None:

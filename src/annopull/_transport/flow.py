@@ -5,6 +5,7 @@
     a request ──> FlowControl.host(url) ──> HostFlow (one per scheme + host + port)
                                              ├── HostLimiter  acquire(): pause ─> limit ─> rate
                                              │                on_success: limit + 1/limit
+                                             │                  (while the rate rises)
                                              │                on_overload: limit × 0.5
                                              ├── RetryBudget  retries ≤ floor + ratio × requests
                                              └── patience     seconds without a good answer
@@ -12,9 +13,10 @@
 Every task retrying on its own turns a server's "slow down" into more load: a rate limit
 then burns attempts instead of slowing the run. So the transport keeps, per host, what TCP
 and Netflix's concurrency-limits keep per connection: a concurrency *limit* that grows by
-one per window of good answers while latency holds (additive increase) and halves on a
-429, a 503 or a timeout (multiplicative decrease), and a *pause* that a ``Retry-After``
-puts on every task talking to that host, not only the one that got it. On top, a *retry
+one per window of good answers while latency holds and the answer rate keeps rising
+with it (additive increase) and halves on a 429, a 503 or a timeout (multiplicative
+decrease), and a *pause* that a ``Retry-After`` puts on every task talking to that host,
+not only the one that got it. On top, a *retry
 budget* in the spirit of the AWS SDK's retry quota and Google SRE's client-side throttling:
 retries may be at most a share of a host's requests, and a host that gives no good answer
 for ``host_wait_max`` seconds is given up. A host given up stays so for the rest of the
@@ -170,6 +172,12 @@ class HostLimiter:
     sent before the last decrease do not decrease it again. It stays within
     ``1..maximum``. Waiting requests get their slots first come, first served.
 
+    Growth must also pay: every :attr:`PROBE_WINDOWS` windows of answers the limiter
+    compares the answer rate with the previous probe's, and when the limit rose but the rate
+    did not rise by at least :attr:`GAIN_SHARE` of that (the client, or the server, is
+    saturated and more requests in flight would only queue), the limit goes back to where
+    that probe began and holds for :attr:`HOLD_PROBES` probes before growth is tried again.
+
     Args:
         initial: the limit to start at (the engine's ``concurrency``).
         maximum: the most it may grow to (at least ``initial``).
@@ -184,6 +192,12 @@ class HostLimiter:
     #: Weights of the newest latency in the recent and the long-run averages.
     FAST_WEIGHT = 0.2
     SLOW_WEIGHT = 0.02
+    #: Windows of answers per throughput probe.
+    PROBE_WINDOWS = 4
+    #: Growth holds when a probe's rate rose by less than this share of its limit's rise.
+    GAIN_SHARE = 0.25
+    #: Probes that growth then holds for.
+    HOLD_PROBES = 8
 
     def __init__(
         self, *, initial: int, maximum: int, clock: Clock | None = None, rate: float = 0.0
@@ -201,6 +215,11 @@ class HostLimiter:
         self._cut_at = 0
         self._fast: float | None = None
         self._slow = 0.0
+        self._probe_started = self._clock.now()
+        self._probe_answers = 0
+        self._probe_rate: float | None = None
+        self._probe_limit = initial
+        self._hold = 0
         self._paused_until = -math.inf
         self._sleepers: set[anyio.CancelScope] = set()
         self._closed: str | None = None
@@ -290,7 +309,10 @@ class HostLimiter:
         else:
             self._fast += self.FAST_WEIGHT * (latency - self._fast)
             self._slow += self.SLOW_WEIGHT * (latency - self._slow)
-        if not saturated or self._fast > self._slow * self.LATENCY_TOLERANCE:
+        self._probe_answers += 1
+        if self._probe_answers >= self.PROBE_WINDOWS * self._limit:
+            self._end_probe()
+        if not saturated or self._hold or self._fast > self._slow * self.LATENCY_TOLERANCE:
             return
         self._limit = min(float(self.maximum), self._limit + 1.0 / self._limit)
         self.highest = max(self.highest, self.limit)
@@ -345,6 +367,25 @@ class HostLimiter:
             self._waiters.popleft().set()
 
     # -- internals --------------------------------------------------------------------
+    def _end_probe(self) -> None:
+        """Compare this probe's answer rate with the last one's: hold growth that did not pay."""
+        now = self._clock.now()
+        elapsed = now - self._probe_started
+        # A clock that stands still (a test's) tells nothing about the rate.
+        rate = self._probe_answers / elapsed if elapsed > 0 else None
+        limit, last_rate, last_limit = self.limit, self._probe_rate, self._probe_limit
+        if self._hold:
+            self._hold -= 1
+        elif rate is not None and last_rate is not None and limit > last_limit:
+            wanted = self.GAIN_SHARE * (limit / last_limit - 1)
+            if rate / last_rate - 1 < wanted:
+                # Back to where the probe began, or each probe would creep it up a step.
+                self._limit = float(last_limit)
+                limit = last_limit
+                self._hold = self.HOLD_PROBES
+        self._probe_started, self._probe_answers = now, 0
+        self._probe_rate, self._probe_limit = rate, limit
+
     def _check_open(self) -> None:
         if self._closed is not None:
             raise HostUnavailable(self._closed)

@@ -570,9 +570,19 @@ class Transport:
                 if start and not _continues_at(resp, start):
                     await cut_back(0)
                 expected = _expected_total(resp, target.size)
-                async for chunk in resp.content.iter_chunked(self._engine.chunk_size):
-                    await target.write(chunk)
-                    report(len(chunk))
+                small = expected is not None and expected - target.size <= self._engine.chunk_size
+                if small and not resume:
+                    # A small body (most annotation files) is read whole: one await, not a
+                    # chunk iterator; one cut short raises ClientPayloadError all the same.
+                    # Not with resume: the bytes of a cut body are what a Range retry
+                    # continues from.
+                    body = await resp.read()
+                    await target.write(body)
+                    report(len(body))
+                else:
+                    async for chunk in resp.content.iter_chunked(self._engine.chunk_size):
+                        await target.write(chunk)
+                        report(len(chunk))
                 if expected is not None and target.size != expected:
                     raise _Retry(
                         TruncatedBodyError, f"body ended at {target.size} of {expected} bytes"

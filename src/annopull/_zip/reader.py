@@ -44,6 +44,7 @@ __all__ = [
     "extract_zip",
     "iter_entry_comments",
     "iter_jsonl_member",
+    "open_zip",
     "read_entry_comments",
     "unsafe_entry_reason",
     "verify_zip",
@@ -84,7 +85,12 @@ class ExtractReport:
     bytes_written: int
 
 
-def _open_zip(path: Path | BinaryIO) -> zipfile.ZipFile:
+def open_zip(path: Path | BinaryIO) -> zipfile.ZipFile:
+    """``path`` (a file, or a seekable reader) as a :class:`zipfile.ZipFile`; blocking.
+
+    Raises:
+        ZipFormatError: it is not a readable zip.
+    """
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -121,7 +127,7 @@ async def verify_zip(path: Path | BinaryIO) -> ZipCheck:
         ZipFormatError: the archive cannot be opened, or an entry is corrupt (its name is in
             the error).
     """
-    archive = await anyio.to_thread.run_sync(_open_zip, path)
+    archive = await anyio.to_thread.run_sync(open_zip, path)
     try:
         infos = archive.infolist()
         total = 0
@@ -219,7 +225,7 @@ async def extract_zip(
             past ``limits``.
         ZipFormatError: the archive or an entry is corrupt.
     """
-    archive = await anyio.to_thread.run_sync(_open_zip, path)
+    archive = await anyio.to_thread.run_sync(open_zip, path)
     try:
         await anyio.to_thread.run_sync(_check_all_safe, archive)
         await anyio.to_thread.run_sync(_check_sizes, archive, limits or ExtractLimits())
@@ -266,7 +272,7 @@ class _JsonlReader:
     """Reads a JSON Lines member in ~1 MiB batches; every method blocks (worker thread)."""
 
     def __init__(self, path: Path, member: str) -> None:
-        self._archive = _open_zip(path)
+        self._archive = open_zip(path)
         try:
             self._stream = self._archive.open(member)
         except KeyError as exc:

@@ -8,7 +8,7 @@ behind the ZIP64 and padding decisions are in ``/work/shared/ZIP-NOTES.md``.
 from __future__ import annotations
 
 import struct
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
@@ -122,9 +122,22 @@ class CentralRow:
 
     def encode(self) -> bytes:
         """The row as compact bytes (fixed fields, then name and comment)."""
-        name, comment = self.name.encode(), self.comment.encode()
-        fixed = astuple(self)[1:-1]
-        return _ROW.pack(*fixed, len(name)) + name + comment
+        name = self.name.encode()
+        # Field by field: dataclasses.astuple deep-copies, and this runs once per entry.
+        fixed = _ROW.pack(
+            self.offset,
+            self.end_offset,
+            self.crc32,
+            self.compressed_size,
+            self.uncompressed_size,
+            self.method,
+            self.flags,
+            self.dos_time,
+            self.dos_date,
+            self.zip64,
+            len(name),
+        )
+        return fixed + name + self.comment.encode()
 
     @classmethod
     def decode(cls, data: bytes) -> CentralRow:

@@ -23,8 +23,10 @@ and unique (the caller's rule, see :mod:`annopull._zip.names`).
 from __future__ import annotations
 
 import contextlib
+import os
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -64,6 +66,11 @@ __all__ = ["BATCH_BYTES", "WholeEntry", "ZipResult", "ZipWriter"]
 BATCH_BYTES: Final = 1 << 20
 # Central-directory bytes gathered before each write at close().
 _CD_BUFFER: Final = 1 << 20
+# Data of at least two pieces is deflated a piece per core (zlib lets go of the GIL), as
+# pigz does: each piece primed with the window before it and ended with a sync flush, so
+# the pieces join into one valid stream.
+_PIECE: Final = 256 << 10
+_WINDOW: Final = 32 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +124,8 @@ class _OpenEntry:
     compressed: int = 0
     uncompressed: int = 0
     finished: bool = False
-    compressor: zlib._Compress | None = field(default=None, repr=False)
+    # The last _WINDOW bytes deflated, which prime the next batch's first piece.
+    window: bytes = field(default=b"", repr=False)
 
 
 class _Archive:
@@ -128,6 +136,7 @@ class _Archive:
         self.offset = blob.position
         self.failed = False
         self._level = level
+        self._pool: ThreadPoolExecutor | None = None
 
     def write_batch(self, entry: _OpenEntry, data: bytes) -> None:
         """Stream one batch of a multi-batch entry, writing its header first if needed."""
@@ -292,19 +301,51 @@ class _Archive:
             entry.flags |= FLAG_UTF8
 
     def _process(self, entry: _OpenEntry, data: bytes, *, final: bool) -> bytes:
-        """CRC and compress one batch; flush the compressor when the entry has no more data."""
+        """CRC and compress one batch; end the deflate stream when the entry has no more data."""
         entry.crc = zlib.crc32(data, entry.crc)
         entry.uncompressed += len(data)
-        if entry.method == STORED:
-            out = data
-        else:
-            if entry.compressor is None:
-                entry.compressor = zlib.compressobj(self._level, zlib.DEFLATED, -15)
-            out = entry.compressor.compress(data)
-            if final:
-                out += entry.compressor.flush()
+        out = data if entry.method == STORED else self._deflate(entry, data, final=final)
         entry.compressed += len(out)
         return out
+
+    def _deflate(self, entry: _OpenEntry, data: bytes, *, final: bool) -> bytes:
+        """The batch's part of the entry's raw deflate stream, big batches on every core."""
+        view = memoryview(data)
+        starts = range(0, len(data), _PIECE) if data else range(1)
+        jobs = [
+            (
+                entry.window if start == 0 else view[start - _WINDOW : start],
+                view[start : start + _PIECE],
+                final and start == starts[-1],
+            )
+            for start in starts
+        ]
+        if len(data) >= _WINDOW:
+            entry.window = bytes(view[-_WINDOW:])
+        else:
+            entry.window = (entry.window + data)[-_WINDOW:]
+        if len(jobs) == 1:
+            return self._deflate_piece(jobs[0])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=os.cpu_count() or 1, thread_name_prefix="annopull-deflate"
+            )
+        return b"".join(self._pool.map(self._deflate_piece, jobs))
+
+    def _deflate_piece(self, job: tuple[bytes | memoryview, memoryview, bool]) -> bytes:
+        primer, piece, last = job
+        packer = (
+            zlib.compressobj(self._level, zlib.DEFLATED, -15, zdict=primer)
+            if primer
+            else zlib.compressobj(self._level, zlib.DEFLATED, -15)
+        )
+        return packer.compress(piece) + packer.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+    def close_pool(self) -> None:
+        """Stop the deflate threads (at the end of the archive)."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.shutdown()
 
     def _write(self, data: bytes) -> None:
         self.blob.write(data)
@@ -387,7 +428,7 @@ class ZipWriter:
         *,
         resume: bool = False,
         resume_after: CentralRow | None = None,
-        compress_level: int = 6,
+        compress_level: int = 1,
     ) -> ZipWriter:
         """Start (or resume) an archive.
 
@@ -559,6 +600,7 @@ class ZipWriter:
                 raise
 
     def _finish(self, rows: Iterable[CentralRow]) -> ZipResult:
+        self._archive.close_pool()
         entries = self._archive.write_central_directory(rows)
         self._storage.publish(self._archive.blob)
         return ZipResult(entries=entries, bytes_written=self._archive.offset)
@@ -578,6 +620,7 @@ class ZipWriter:
 
     def _stop(self) -> None:
         blob = self._archive.blob
+        self._archive.close_pool()
         try:
             # Nothing written to a stream can be resumed; its flush is only a courtesy to
             # whoever reads it, and a reader that went away must not hide the real error.
