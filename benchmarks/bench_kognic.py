@@ -23,7 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,16 @@ def fake_server(count: int, content_size: int, latency: float) -> Iterator[dict[
 
 
 def run_annopull(
-    fake: dict[str, Any], out: Path, concurrency: int, src: Path | None = None
+    fake: dict[str, Any],
+    out: Path,
+    concurrency: int,
+    src: Path | None = None,
+    *,
+    extra: Sequence[str] = (),
+    cwd: Path | None = None,
 ) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one CLI pull (of the code in ``src``, if given)."""
+    """Wall seconds and peak RSS (bytes) of one CLI pull (of the code in ``src``, if given),
+    with ``extra`` options, run in ``cwd``."""
     env = dict(
         os.environ,
         **({"PYTHONPATH": str(src)} if src is not None else {}),
@@ -57,11 +64,11 @@ def run_annopull(
     out.unlink(missing_ok=True)
     command = [sys.executable, "-m", "annopull", "kognic", "--project", fake["project"]]
     command += ["--annotation-type", fake["annotation_type"], "-o", str(out), "-q"]
-    command += ["--concurrency", str(concurrency)]
+    command += ["--concurrency", str(concurrency), *extra]
     try:
         # measure() reads the rusage through a small launcher: a child spawned straight
         # from this process would start its peak RSS at ours (see _common.measure).
-        measured = measure(command, env=env)
+        measured = measure(command, env=env, cwd=cwd)
     except ChildFailed as exc:
         raise SystemExit(f"annopull failed: {exc}") from exc
     return measured.wall, measured.rss

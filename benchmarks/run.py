@@ -1082,9 +1082,14 @@ def child_official(p: dict[str, Any]) -> dict[str, Any]:
 
     Credentials come from KOGNIC_CLIENT_ID / KOGNIC_CLIENT_SECRET in the environment, the
     hosts from the constructor; ``write_workspace_id`` spares the workspace lookup (the fake
-    has no workspace API, and pulling annotations does not use it).
+    has no workspace API, and pulling annotations does not use it). With ``"client":
+    "annopull"`` the same code runs on annopull's drop-in client, only the import changed
+    (``bench_compat.py``).
     """
-    from kognic.io.client import KognicIOClient
+    if p.get("client") == "annopull":
+        from annopull.compat.kognic_io import KognicIOClient
+    else:
+        from kognic.io.client import KognicIOClient
 
     fake = p["fake"]
     started = time.perf_counter()

@@ -39,7 +39,11 @@ def kognic_client() -> Any:
         secret: str | None = None,
     ) -> Client:
         config = Config(
-            kognic=KognicConfig(api_url=fake.api_url, auth_url=fake.auth_url),
+            kognic=KognicConfig(
+                api_url=fake.api_url,
+                auth_url=fake.auth_url,
+                annotation_integration_url=fake.annotation_integration_url,
+            ),
             engine=EngineConfig(
                 retry=RetryPolicy(max_attempts=max_attempts, backoff_base=0.01, backoff_max=0.05),
                 read_timeout=read_timeout,

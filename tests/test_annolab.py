@@ -182,8 +182,8 @@ async def test_project_export_end_to_end(source: AnnoLabSource, fake: FakeAnnoLa
     assert out.read_bytes() == fake.export_path(1).read_bytes()
     with zipfile.ZipFile(out) as archive:
         names = set(archive.namelist())
-        annotations = archive.read("annotations.jsonl").decode().splitlines()
-    assert {"sources.jsonl", "annotation_types.jsonl", "annotations.jsonl"} <= names
+        annotations = archive.read("Beta.annotations.jsonl").decode().splitlines()
+    assert {"Beta.sources.jsonl", "Beta.atntypes.jsonl", "Beta.annotations.jsonl"} <= names
     assert annotations
     assert all('"sourceId": 1' in a and '"Default"' in a for a in annotations)
 

@@ -117,8 +117,8 @@ def test_project_extracts_into_folder(fake: FakeAnnoLab, tmp_path: Path):
         expected = {name: archive.read(name) for name in archive.namelist()}
     written = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     assert written == expected
-    assert "sources.jsonl" in written
-    assert b"Default" not in written["annotations.jsonl"]
+    assert "Beta.sources.jsonl" in written
+    assert b"Default" not in written["Beta.annotations.jsonl"]
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,13 @@ def test_config_example_is_the_defaults() -> None:
 def test_config_example_documents_every_setting() -> None:
     """Every setting of every section appears in config.example.toml, commented or not."""
     text = (ROOT / "config.example.toml").read_text()
-    sections = {"kognic": Config().kognic, "annolab": Config().annolab, "engine": Config().engine}
+    config = Config()
+    sections = {
+        "kognic": config.kognic,
+        "annolab": config.annolab,
+        "engine": config.engine,
+        "storage": config.storage,
+    }
     for section, value in sections.items():
         names = {f.name for f in dataclasses.fields(value)} - {"retry"}
         if section == "engine":

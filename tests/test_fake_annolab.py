@@ -160,7 +160,8 @@ async def test_instrument_filters(
 
 
 async def test_project_export_all(session: aiohttp.ClientSession, annolab: FakeAnnoLab) -> None:
-    """A project export with every include flag holds all five JSON Lines files."""
+    """A project export with every include flag holds all six JSON Lines files, named as the
+    SDK's importer looks for them (<project>.<part>.jsonl)."""
     body = {
         "projectIdentifier": "demo-project",
         "groupName": "demo-group",
@@ -170,22 +171,26 @@ async def test_project_export_all(session: aiohttp.ClientSession, annolab: FakeA
     }
     archive, _, _ = await export_zip(session, annolab, PROJECT, body)
     assert sorted(archive.namelist()) == [
-        "annotation_types.jsonl",
-        "annotations.jsonl",
-        "layers.jsonl",
-        "relations.jsonl",
-        "sources.jsonl",
+        "demo-project.annotations.jsonl",
+        "demo-project.atntypes.jsonl",
+        "demo-project.layers.jsonl",
+        "demo-project.relations.jsonl",
+        "demo-project.sources.jsonl",
+        "demo-project.text-bounds.jsonl",
     ]
-    assert [s["name"] for s in jsonl(archive, "sources.jsonl")] == ["Test_PDF.pdf", "Other.pdf"]
-    assert [t["name"] for t in jsonl(archive, "annotation_types.jsonl")] == [
+    sources = jsonl(archive, "demo-project.sources.jsonl")
+    assert [s["name"] for s in sources] == ["Test_PDF.pdf", "Other.pdf"]
+    assert [t["name"] for t in jsonl(archive, "demo-project.atntypes.jsonl")] == [
         "Airframe Inventory",
         "Engine",
     ]
-    annotations = jsonl(archive, "annotations.jsonl")
+    annotations = jsonl(archive, "demo-project.annotations.jsonl")
     assert len(annotations) == 40
-    assert all("textBounds" in a for a in annotations)
     ids = {a["id"] for a in annotations}
-    relations = jsonl(archive, "relations.jsonl")
+    bounds = jsonl(archive, "demo-project.text-bounds.jsonl")
+    assert [b["annotationId"] for b in bounds] == [a["id"] for a in annotations]
+    assert all(b["end"] > b["start"] for b in bounds)
+    relations = jsonl(archive, "demo-project.relations.jsonl")
     assert relations
     assert all({r["fromAnnotationId"], r["toAnnotationId"]} <= ids for r in relations)
 
@@ -199,12 +204,15 @@ async def test_project_export_filters(session: aiohttp.ClientSession, annolab: F
         "annotationLayerNames": ["Review"],
     }
     archive, _, _ = await export_zip(session, annolab, PROJECT, body)
-    assert sorted(archive.namelist()) == ["annotations.jsonl", "layers.jsonl", "relations.jsonl"]
-    assert [layer["name"] for layer in jsonl(archive, "layers.jsonl")] == ["Review"]
-    annotations = jsonl(archive, "annotations.jsonl")
+    assert sorted(archive.namelist()) == [
+        "demo-project.annotations.jsonl",
+        "demo-project.layers.jsonl",
+        "demo-project.relations.jsonl",
+    ]
+    assert [layer["name"] for layer in jsonl(archive, "demo-project.layers.jsonl")] == ["Review"]
+    annotations = jsonl(archive, "demo-project.annotations.jsonl")
     assert annotations
     assert {(a["sourceId"], a["layerName"]) for a in annotations} == {(2, "Review")}
-    assert not any("textBounds" in a for a in annotations)
 
 
 async def test_exports_are_deterministic(

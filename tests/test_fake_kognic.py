@@ -6,8 +6,10 @@ import asyncio
 import json
 import statistics
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
@@ -235,6 +237,106 @@ async def test_single_annotation(session: aiohttp.ClientSession, kognic: FakeKog
     assert body["data"]["inputUuid"] == annotation.scene_uuid
     assert body["data"]["created"] == annotation.created
     assert body["data"]["content"] == json.loads(annotation.content)
+
+
+async def get_json(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], **params: str
+) -> tuple[int, Any]:
+    async with session.get(url, headers=headers, params=params) as response:
+        return response.status, await response.json()
+
+
+async def test_v2_input_read(session: aiohttp.ClientSession, kognic: FakeKognic) -> None:
+    """v2/inputs/{uuid}/annotation is the contract's partial annotation; its uri serves the
+    same content as the bulk listing's."""
+    scene = list(kognic.expected("demo", "demo"))[5]
+    expected = kognic.scene_annotation("demo", scene.scene_uuid, "demo")
+    url = f"{kognic.api_url}/v2/inputs/{expected.input_uuid}/annotation"
+    headers = await auth(session, kognic)
+    status, body = await get_json(session, url, headers, useDefaultCartesian="true")
+    assert status == 200
+    assert set(body) == {"inputUuid", "sceneUuid", "requestUid", "created", "uri"}
+    assert (body["inputUuid"], body["sceneUuid"], body["requestUid"], body["created"]) == (
+        expected.input_uuid,
+        scene.scene_uuid,
+        expected.request_uid,
+        scene.created,
+    )
+    async with session.get(body["uri"]) as response:
+        assert await response.read() == scene.content == expected.content
+    assert kognic.stats.cartesian_reads == 1
+    assert kognic.stats.content_requests[scene.scene_uuid] == 1
+
+
+async def test_v2_scene_read(session: aiohttp.ClientSession) -> None:
+    """v2/scenes/{uuid}/annotations lists one partial annotation per type; unknown is 404."""
+    project = KognicProject(annotation_types=("a", "b", "c"), count=4, batches=("x", "y"))
+    async with FakeKognic(projects=[project]) as kognic:
+        scene = list(kognic.expected("demo", "a"))[3].scene_uuid
+        headers = await auth(session, kognic)
+        url = f"{kognic.api_url}/v2/scenes/{scene}/annotations"
+        status, body = await get_json(session, url, headers)
+        expected = [kognic.scene_annotation("demo", scene, t) for t in ("a", "b", "c")]
+        missing, _ = await get_json(session, url.replace(scene, str(uuid.uuid4())), headers)
+        unauthorized, _ = await get_json(session, url, {})
+    assert status == 200
+    assert [item["inputUuid"] for item in body["data"]] == [e.input_uuid for e in expected]
+    assert {item["sceneUuid"] for item in body["data"]} == {scene}
+    assert len({item["requestUid"] for item in body["data"]}) == 3
+    assert (missing, unauthorized) == (404, 401)
+
+
+async def test_annotation_by_id(session: aiohttp.ClientSession, kognic: FakeKognic) -> None:
+    """The annotation-integration host serves an annotation by id, with the same token."""
+    scene = list(kognic.expected("demo", "demo"))[2]
+    annotation_id = kognic.annotation_id("demo", scene.scene_uuid, "demo")
+    expected = kognic.scene_annotation("demo", scene.scene_uuid, "demo")
+    url = f"{kognic.annotation_integration_url}/v1/annotations/{annotation_id}"
+    assert kognic.annotation_integration_url not in (kognic.api_url, kognic.storage_url)
+    headers = await auth(session, kognic)
+    status, body = await get_json(session, url, headers, isoBoxes="true")
+    unknown, _ = await get_json(session, url.replace(annotation_id, str(uuid.uuid4())), headers)
+    unauthorized, _ = await get_json(session, url, {})
+    assert status == 200
+    assert set(body) == {
+        "id",
+        "sceneId",
+        "requestId",
+        "requestInputId",
+        "requestUid",
+        "isPreliminary",
+        "signedUrl",
+        "expiresAt",
+        "created",
+    }
+    assert (body["id"], body["sceneId"], body["requestInputId"], body["requestUid"]) == (
+        annotation_id,
+        scene.scene_uuid,
+        expected.input_uuid,
+        expected.request_uid,
+    )
+    assert body["isPreliminary"] is False
+    assert isinstance(body["requestId"], int)
+    assert datetime.fromisoformat(body["expiresAt"]) > datetime.now(UTC)
+    async with session.get(body["signedUrl"]) as response:
+        assert await response.read() == scene.content
+    assert (unknown, unauthorized) == (404, 401)
+    assert kognic.stats.cartesian_reads == 1
+
+
+async def test_annotation_ids_are_stable_and_distinct() -> None:
+    """Ids, input uuids and request uids come from the seed: the same for the same seed,
+    distinct per scene and type, and one request per batch and type."""
+    project = KognicProject(count=6, batches=("x", "y"), annotation_types=("a", "b"))
+    fakes = [FakeKognic(projects=[project]) for _ in range(2)]
+    scenes = [e.scene_uuid for e in fakes[0].expected("demo", "a")]
+    described = [
+        [f.scene_annotation("demo", s, t) for s in scenes for t in ("a", "b")] for f in fakes
+    ]
+    assert described[0] == described[1]
+    assert len({d.annotation_id for d in described[0]}) == 12
+    assert len({d.input_uuid for d in described[0]}) == 12
+    assert len({d.request_uid for d in described[0]}) == 4
 
 
 async def test_content_is_openlabel(session: aiohttp.ClientSession) -> None:

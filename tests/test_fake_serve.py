@@ -32,6 +32,7 @@ DESCRIBE_KEYS = {
         "api_url",
         "auth_url",
         "storage_url",
+        "annotation_integration_url",
         "client_id",
         "client_secret",
         "project",

@@ -587,7 +587,8 @@ def test_a_second_run_on_the_same_output_is_refused_and_the_first_finishes(
     """Two runs with --resume on one output: the second exits 2 naming the first one's pid."""
     output = tmp_path / name
     with serve(tmp_path, SMALL_PROJECT) as pull:
-        pull.slow_down(0.05)
+        # Slow enough that the first run outlasts the second's start on a loaded machine.
+        pull.slow_down(0.25)
         first = pull.start(output, "--resume")
         lock = journal_of(output).with_suffix(".lock")
         wait_for(lambda: lock.exists() and pull.requests().total() > 0, first)

@@ -31,8 +31,10 @@ from annopull._errors import (
     RetryBudgetExhaustedError,
     StorageError,
     TransferError,
+    TransformError,
     TruncatedBodyError,
     UnsafeEntryError,
+    WorkerPoolError,
     ZipFormatError,
 )
 from annopull._pipeline.pull import (
@@ -43,8 +45,10 @@ from annopull._pipeline.pull import (
     Selection,
     Source,
     Stage,
+    Staged,
     pull,
 )
+from annopull._pipeline.transform import Renamed
 from annopull._progress import NullProgress, Progress, TerminalProgress
 from annopull._sinks import (
     DirectorySink,
@@ -66,6 +70,8 @@ from annopull._sources.annolab import (
     ProjectExport,
 )
 from annopull._sources.kognic import Annotation, AnnotationRef, KognicSource
+from annopull._sources.kognic_reads import SceneAnnotation, read_scene_list
+from annopull._sources.kognic_transform import ParsedAnnotation
 from annopull._sources.urls import UrlList, UrlSource, read_url_list
 from annopull._version import __version__ as __version__
 
@@ -104,32 +110,39 @@ __all__ = [
     "NetworkError",
     "NotFoundError",
     "NullProgress",
+    "ParsedAnnotation",
     "Progress",
     "ProjectExport",
     "PullReport",
     "Records",
+    "Renamed",
     "RequestTimeoutError",
     "ResumeError",
     "RetryBudgetExhaustedError",
     "RetryPolicy",
     "RetryableStatusError",
+    "SceneAnnotation",
     "Secret",
     "Selection",
     "Sink",
     "SinkResult",
     "Source",
     "Stage",
+    "Staged",
     "StorageError",
     "TerminalProgress",
     "TransferError",
+    "TransformError",
     "TruncatedBodyError",
     "UnsafeEntryError",
     "UrlList",
     "UrlSource",
+    "WorkerPoolError",
     "ZipFormatError",
     "ZipSink",
     "load_config",
     "pull",
+    "read_scene_list",
     "read_url_list",
     "sink_for",
 ]

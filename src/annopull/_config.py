@@ -32,6 +32,7 @@ __all__ = [
     "KognicCredentials",
     "RetryPolicy",
     "Secret",
+    "StorageConfig",
     "load_annolab_key",
     "load_config",
     "load_kognic_credentials",
@@ -131,10 +132,19 @@ class EngineConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class KognicConfig:
-    """Where Kognic lives; credentials come from :func:`load_kognic_credentials`."""
+    """Where Kognic lives; credentials come from :func:`load_kognic_credentials`.
+
+    Args:
+        api_url: the input API (annotation listings and reads).
+        auth_url: the OAuth2 token host.
+        annotation_integration_url: the annotation-integration API (annotations by id);
+            the same token is sent to it.
+        credentials: a credentials JSON file, as ``KOGNIC_CREDENTIALS``.
+    """
 
     api_url: str = "https://input.app.kognic.com"
     auth_url: str = "https://auth.app.kognic.com"
+    annotation_integration_url: str = "https://annotation-integration.app.kognic.com"
     credentials: Path | None = None
 
 
@@ -158,12 +168,30 @@ class AnnoLabConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StorageConfig:
+    """Where ``s3://`` outputs go; credentials come from the standard AWS chain.
+
+    Args:
+        endpoint_url: an S3-compatible store (MinIO, R2, GCS interop); empty for
+            ``AWS_ENDPOINT_URL`` or, without it, AWS itself.
+        region: the region; empty for the AWS chain's (``AWS_REGION``, the profile).
+        addressing_style: ``path``, ``virtual`` or empty (``auto``); many self-hosted stores
+            need ``path``.
+    """
+
+    endpoint_url: str = ""
+    region: str = ""
+    addressing_style: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """All settings of a client."""
 
     kognic: KognicConfig = field(default_factory=KognicConfig)
     annolab: AnnoLabConfig = field(default_factory=AnnoLabConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +206,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "kognic": KognicConfig,
     "annolab": AnnoLabConfig,
     "engine": EngineConfig,
+    "storage": StorageConfig,
 }
 _RETRY_KEYS = {f.name for f in dataclasses.fields(RetryPolicy)}
 
@@ -297,6 +326,7 @@ _MORE_THAN_ZERO = frozenset(
         "spool_memory",
     }
 )
+_STYLES = frozenset({"", "auto", "path", "virtual"})
 #: The most downloads in flight a run may ask for; more only queue in the kernel.
 MAX_CONCURRENCY = 1024
 
@@ -310,8 +340,18 @@ def _validated(section: Any) -> Any:
             raise ConfigError(f"{spec.name} must not be negative, got {value}")
         if spec.name in _MORE_THAN_ZERO and not value > 0:
             raise ConfigError(f"{spec.name} must be more than 0, got {value}")
-        if spec.name.endswith("_url") and not str(value).startswith(("http://", "https://")):
+        # An empty endpoint_url means "the AWS chain's"; every other URL must be set.
+        optional = isinstance(section, StorageConfig) and value == ""
+        if (
+            spec.name.endswith("_url")
+            and not optional
+            and not str(value).startswith(("http://", "https://"))
+        ):
             raise ConfigError(f"{spec.name} must be an http(s) URL, got {value!r}")
+    if isinstance(section, StorageConfig) and section.addressing_style not in _STYLES:
+        raise ConfigError(
+            f"addressing_style must be path, virtual or empty, got {section.addressing_style!r}"
+        )
     if isinstance(section, AnnoLabConfig) and section.poll_backoff < 1:
         raise ConfigError(f"poll_backoff must be at least 1, got {section.poll_backoff}")
     if isinstance(section, EngineConfig):

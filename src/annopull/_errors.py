@@ -16,6 +16,8 @@
     │   └── InvalidResponseError                   an answer that cannot be parsed (bad JSON)
     ├── StorageError (OSError)          writing the output (local disk, object store) failed
     ├── ExportFailedError               an AnnoLab export job ended ``errored``
+    ├── TransformError                  one item's transform or validation failed
+    │   └── WorkerPoolError             the transform's worker processes keep dying (stops a run)
     ├── ZipFormatError (ValueError)     an archive that cannot be written or read as asked
     │   └── UnsafeEntryError            a zip-slip name refused on extraction
     └── ResumeError                     a journal that does not match the command or the file
@@ -54,8 +56,10 @@ __all__ = [
     "RetryableStatusError",
     "StorageError",
     "TransferError",
+    "TransformError",
     "TruncatedBodyError",
     "UnsafeEntryError",
+    "WorkerPoolError",
     "ZipFormatError",
     "redact_url",
 ]
@@ -206,6 +210,16 @@ class StorageError(AnnopullError, OSError):
 
 class ExportFailedError(AnnopullError):
     """An AnnoLab export job ended in the ``errored`` state."""
+
+
+class TransformError(AnnopullError):
+    """One item's transform or validation failed: the function raised, returned what cannot
+    be written, the document is not valid, or the worker holding it died."""
+
+
+class WorkerPoolError(TransformError):
+    """The worker processes of a transform keep dying (out of memory, a crash in native
+    code): every item would fail the same way, so the run stops."""
 
 
 class ZipFormatError(AnnopullError, ValueError):

@@ -21,6 +21,7 @@ from annopull._cli.common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     Context,
+    FormsParser,
     disk_full,
     engine_overrides,
     exit_code_for,
@@ -41,6 +42,8 @@ exit codes: 0 all arrived, 1 some items failed (kept, listed in --summary),
 examples:
   annopull --fake kognic --project demo --batch demo --annotation-type demo -o out.zip
   annopull --config my.toml kognic --project P --annotation-type T -o out.zip
+  annopull kognic get --scene UUID --annotation-type T -o scene.json
+  annopull kognic scenes --scene-list scenes.txt --annotation-type T -o out.zip
   annopull annolab instruments --owner G --project P -o export.zip
   annopull urls urls.txt -o files.zip
   annopull fake serve            # the bundled fake platforms, for your own scripts
@@ -75,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="log each retry and token refresh to stderr (URLs without their signatures)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=FormsParser
+    )
     kognic.register(sub)
     annolab.register(sub)
     urls.register(sub)
@@ -154,6 +159,7 @@ def _fake_overrides(fakes: Any, env: dict[str, str]) -> dict[str, dict[str, Any]
         "kognic": {
             "api_url": described["kognic"]["api_url"],
             "auth_url": described["kognic"]["auth_url"],
+            "annotation_integration_url": described["kognic"]["annotation_integration_url"],
         },
         "annolab": {"api_url": described["annolab"]["api_url"], "poll_interval": 0.2},
     }

@@ -33,6 +33,8 @@ from annopull._sources.annolab import (
     InstrumentsExport,
     ProjectExport,
 )
+from annopull._storage.bucket import S3Download
+from annopull._storage.s3 import S3Url, is_s3_url, open_client
 
 __all__ = ["register"]
 
@@ -146,12 +148,14 @@ def _register_project(kinds: Any) -> None:
         help="the group that owns the project(s)",
     )
     _add_projects(parser, allow_id=True)
-    parser.add_argument("--include-sources", action="store_true", help="add sources.jsonl")
     parser.add_argument(
-        "--include-annotation-types", action="store_true", help="add annotation_types.jsonl"
+        "--include-sources", action="store_true", help="add <project>.sources.jsonl"
     )
     parser.add_argument(
-        "--include-text-bounds", action="store_true", help="add text bounds to annotations"
+        "--include-annotation-types", action="store_true", help="add <project>.atntypes.jsonl"
+    )
+    parser.add_argument(
+        "--include-text-bounds", action="store_true", help="add <project>.text-bounds.jsonl"
     )
     parser.add_argument(
         "--source-id",
@@ -232,6 +236,8 @@ async def _run_project(args: argparse.Namespace, ctx: Context) -> int:
 async def _run(args: argparse.Namespace, ctx: Context, requests: Sequence[ExportRequest]) -> int:
     """Run the exports, then report: one line on stderr, --summary JSON, the exit code."""
     output: str = args.output
+    if is_s3_url(output):
+        return await _run_to_bucket(args, ctx, requests)
     folder = output.endswith(("/", os.sep)) or await anyio.Path(output).is_dir()
     if len(requests) > 1 and not folder:
         fail(
@@ -258,20 +264,43 @@ async def _run(args: argparse.Namespace, ctx: Context, requests: Sequence[Export
     return _report(args, ctx, outcomes, elapsed=time.monotonic() - started)
 
 
+async def _run_to_bucket(
+    args: argparse.Namespace, ctx: Context, requests: Sequence[ExportRequest]
+) -> int:
+    """One export to ``s3://BUCKET/KEY.zip``: staged in the bucket, verified, then copied."""
+    url = S3Url.parse(args.output)
+    if len(requests) > 1 or args.extract or url.is_prefix or not url.key.endswith(".zip"):
+        fail(
+            "an export to object storage is one zip: -o s3://BUCKET/KEY.zip, one --project, "
+            "no --extract"
+        )
+        return EXIT_USAGE
+    output = S3Download(url, client=open_client(ctx.config.storage))
+    started = time.monotonic()
+    display = make_progress(ctx, f"annolab {args.annolab_command}")
+    with display if display is not None else contextlib.nullcontext():
+        async with ctx.client() as client:
+            outcome = await _export_one(
+                client.annolab, requests[0], output, args, progress_or_null(display)
+            )
+    return _report(args, ctx, [outcome], elapsed=time.monotonic() - started)
+
+
 async def _export_one(
     source: AnnoLabSource,
     request: ExportRequest,
-    output: str,
+    output: str | S3Download,
     args: argparse.Namespace,
     progress: Progress,
 ) -> ExportOutcome:
     """One export, its failure captured like :meth:`export_many` does, for one report."""
     extract = True if args.extract else None
+    shown = output.description if isinstance(output, S3Download) else Path(output)
     try:
         result = await source.export(request, output, extract=extract, progress=progress)
     except AnnopullError as exc:
-        return ExportOutcome(request=request, output=Path(output), error=exc)
-    return ExportOutcome(request=request, output=Path(output), result=result)
+        return ExportOutcome(request=request, output=shown, error=exc)
+    return ExportOutcome(request=request, output=shown, result=result)
 
 
 def _report(

@@ -7,7 +7,7 @@ import contextlib
 import errno
 import shlex
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from annopull._errors import (
     NotFoundError,
     ResumeError,
 )
-from annopull._pipeline.pull import PullReport, parse_shard
+from annopull._pipeline.pull import PullReport, parse_shard, parse_time
 from annopull._progress import (
     NullProgress,
     Progress,
@@ -42,12 +42,16 @@ __all__ = [
     "EXIT_USAGE",
     "Command",
     "Context",
+    "FormsParser",
     "add_engine_options",
+    "add_output_options",
+    "add_shard_option",
     "exit_code_for",
     "fail",
     "hint_resume",
     "make_progress",
     "print_summary",
+    "time_arg",
     "write_summary",
 ]
 
@@ -201,6 +205,8 @@ def print_summary(report: PullReport, *, noun: str) -> None:
         f"({format_bytes(report.bytes)}) in {report.elapsed:.1f} s ({rate:.0f}/s); "
         f"{report.skipped} skipped, {len(report.failures)} failed"
     )
+    if report.left_out:
+        line += f", {report.left_out} left out by the transform"
     transfer = describe_transfer(report.transfer)
     if transfer:
         line += f"; {transfer}"
@@ -229,7 +235,9 @@ def output_sink(output: str, ctx: Context) -> Sink:
     """The sink ``-o`` names; a zip is never written to a terminal."""
     if output == "-" and sys.stdout.isatty():
         raise ConfigError("refusing to write a zip to a terminal: redirect stdout, or use -o FILE")
-    return sink_for(output, compress_level=ctx.config.engine.compress_level)
+    return sink_for(
+        output, compress_level=ctx.config.engine.compress_level, storage=ctx.config.storage
+    )
 
 
 #: What a pulling command runs inside :func:`run_pull`: the pull itself.
@@ -258,6 +266,63 @@ async def run_pull(
     write_summary(summary, report.to_dict())
     print_summary(report, noun=noun)
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def add_output_options(
+    parser: argparse.ArgumentParser, *, resume_note: str = ""
+) -> argparse._ArgumentGroup:
+    """The ``output`` group of a pulling command: ``-o`` and ``--resume``; returned for more."""
+    where = parser.add_argument_group("output")
+    where.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="out.zip, -, folder/ or out.jsonl"
+    )
+    where.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run whose journal is beside OUT (a fresh run if none)"
+        + resume_note,
+    )
+    return where
+
+
+def add_shard_option(group: argparse._ArgumentGroup, *, hashed: str, of: str) -> None:
+    """``--shard K/N``: ``hashed`` names what is hashed, ``of`` what is split."""
+    group.add_argument(
+        "--shard",
+        type=shard_arg,
+        metavar="K/N",
+        help=f"only shard K of N (1-based; stable hash of {hashed}), to split one {of} "
+        "across N processes or machines",
+    )
+
+
+def time_arg(text: str) -> Any:
+    """``--since TIME`` for argparse: an ISO 8601 time, its error as a usage error."""
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class FormsParser(argparse.ArgumentParser):
+    """A parser whose first argument may name another form of the command.
+
+    ``annopull kognic`` is the bulk pull, and ``annopull kognic get ...`` /
+    ``annopull kognic scenes ...`` are whole other commands with their own options: a
+    sub-command would make the bulk pull's required options required for them too.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Other forms by their first argument.
+        self.forms: dict[str, argparse.ArgumentParser] = {}
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if args and args[0] in self.forms:
+            return self.forms[args[0]].parse_known_args(args[1:], namespace)
+        return super().parse_known_args(args, namespace)
 
 
 def shard_arg(text: str) -> tuple[int, int]:

@@ -7,7 +7,14 @@ from typing import Any
 
 import anyio
 
-from annopull._cli.common import Context, add_engine_options, output_sink, run_pull, shard_arg
+from annopull._cli.common import (
+    Context,
+    add_engine_options,
+    add_output_options,
+    add_shard_option,
+    output_sink,
+    run_pull,
+)
 from annopull._client import Client
 from annopull._pipeline.pull import PullReport, Selection
 from annopull._progress import Progress
@@ -57,23 +64,8 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "list", metavar="LIST", help="file of URLs, one a line (URL or URL<TAB>NAME); - for stdin"
     )
-    where = parser.add_argument_group("output")
-    where.add_argument(
-        "-o", "--output", required=True, metavar="OUT", help="out.zip, -, folder/ or out.jsonl"
-    )
-    where.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the interrupted run whose journal is beside OUT (a fresh run if none); "
-        "LIST must hold the same entries",
-    )
-    where.add_argument(
-        "--shard",
-        type=shard_arg,
-        metavar="K/N",
-        help="only shard K of N (1-based; stable hash of NAME, else the URL), to split one "
-        "list across N processes or machines",
-    )
+    where = add_output_options(parser, resume_note="; LIST must hold the same entries")
+    add_shard_option(where, hashed="NAME, else the URL", of="list")
     add_engine_options(parser)
     parser.set_defaults(run=run)
 

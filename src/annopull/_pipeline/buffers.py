@@ -50,6 +50,44 @@ class Spool:
         """True while nothing has spilled to disk."""
         return self._file is None
 
+    @property
+    def directory(self) -> Path | None:
+        """Where the temporary file goes (``None``: the system's temporary folder)."""
+        return self._directory
+
+    @classmethod
+    async def adopt(cls, path: Path, *, memory_limit: int) -> Spool:
+        """A spilled spool holding the file at ``path``, which it takes over (and unlinks).
+
+        For bytes another process wrote to disk: they are never read into memory here.
+        """
+        spool = cls(memory_limit=memory_limit, directory=path.parent)
+        with spool._disk_errors():
+            fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDWR)
+            try:
+                os.unlink(path)
+                spool._size = os.fstat(fd).st_size
+                spool._file = await aiofiles.open(fd, "r+b")
+            except BaseException:
+                os.close(fd)
+                raise
+        return spool
+
+    async def save_as(self, path: Path) -> None:
+        """Copy the held bytes to the file at ``path``, in a worker thread, piece by piece.
+
+        For handing a spilled item to another process by name.
+
+        Raises:
+            StorageError: the copy failed.
+        """
+        with self._disk_errors():
+            if self._file is None:
+                await anyio.Path(path).write_bytes(bytes(self._memory))
+                return
+            await self._file.flush()
+            await anyio.to_thread.run_sync(_copy_fd, self._file.fileno(), path, self._size)
+
     async def write(self, chunk: bytes) -> None:
         """Append ``chunk``, spilling to disk once the memory limit is passed.
 
@@ -120,3 +158,15 @@ class Spool:
         self._file = await aiofiles.open(fd, "w+b")
         await self._file.write(bytes(self._memory))
         self._memory = bytearray()
+
+
+def _copy_fd(fd: int, path: Path, size: int) -> None:
+    """Copy ``size`` bytes of ``fd`` (from its start, leaving its offset alone) to ``path``."""
+    with path.open("wb") as out:
+        offset = 0
+        while offset < size:
+            chunk = os.pread(fd, min(1 << 20, size - offset), offset)
+            if not chunk:
+                break
+            out.write(chunk)
+            offset += len(chunk)

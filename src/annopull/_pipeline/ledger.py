@@ -229,6 +229,15 @@ class Ledger:
             if self._conn.in_transaction:
                 self._conn.execute("COMMIT")
 
+    def rows_after(self, count: int) -> list[LedgerRow]:
+        """The rows recorded after the first ``count`` (pending ones included), in order."""
+        # seq counts up from 1 without gaps: rows are only ever appended.
+        cursor = self._conn.execute(
+            "SELECT key, version, name, receipt FROM entries WHERE seq > ? ORDER BY seq",
+            (count,),
+        )
+        return [LedgerRow(key=k, version=v, name=n, receipt=bytes(r)) for k, v, n, r in cursor]
+
     @contextlib.contextmanager
     def _storage_errors(self) -> Iterator[None]:
         """SQLite's failures of the disk as annopull's; a full disk keeps its errno."""

@@ -45,13 +45,16 @@ from annopull._errors import (
     RetryBudgetExhaustedError,
     StorageError,
     TransferError,
+    WorkerPoolError,
 )
 from annopull._pipeline.buffers import Spool
 from annopull._pipeline.ledger import Ledger, LedgerRow
 from annopull._pipeline.previous import load_previous_versions
+from annopull._pipeline.remote import commit_durable, rebuild_ledger
 from annopull._pipeline.scheduler import Fetched, fan_out
 from annopull._progress import NullProgress, Progress
 from annopull._sinks.base import EntryInfo, Sink
+from annopull._storage.base import RemoteState
 from annopull._storage.lock import OutputLock
 from annopull._transport.flow import TransferStats
 from annopull._transport.http import ByteTarget, Transport
@@ -66,6 +69,7 @@ __all__ = [
     "Selector",
     "Source",
     "Stage",
+    "Staged",
     "in_shard",
     "parse_shard",
     "parse_time",
@@ -114,21 +118,45 @@ class Source(Protocol[ItemT]):
 
     @property
     def fingerprint(self) -> Mapping[str, str]:
-        """What this run is for (e.g. project, type); a resume must match it."""
+        """What this run is for (e.g. project, type); a resume must match it.
+
+        Read once the first item is listed (or the listing ended empty), so a source may
+        learn it from reading its list.
+        """
 
     def items(self) -> AsyncGenerator[ItemT, None]:
         """List the items lazily (read ahead no further than the fetches need)."""
 
     async def fetch(
         self, item: ItemT, target: ByteTarget, *, on_bytes: Callable[[int], None]
-    ) -> None:
-        """Fetch ``item``'s bytes into ``target``; raise :class:`AnnopullError` for a failure."""
+    ) -> ItemT | None:
+        """Fetch ``item``'s bytes into ``target``; raise :class:`AnnopullError` for a failure.
+
+        Returns ``None``, or the item as its answer described it when the listing could not
+        (a list of scene uuids tells no versions): that item is the one written and
+        journaled, and ``since`` and skip-existing are checked on it.
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """What a stage hands on when it changes more than the bytes.
+
+    Args:
+        spool: the bytes to write.
+        name: the entry's new name (made safe and unique like any), or ``None`` to keep it.
+        json: whether the new bytes must be a JSON document, or ``None`` to keep the item's.
+    """
+
+    spool: Spool
+    name: str | None = None
+    json: bool | None = None
 
 
 #: Between fetch and write: gets the item and its bytes, returns the bytes to write (the same
-#: spool or a new one) or ``None`` to leave the item out. An :class:`AnnopullError` it raises
-#: is that item's failure.
-Stage = Callable[[ItemT, Spool], Awaitable[Spool | None]]
+#: spool or a new one, or a :class:`Staged` to rename the entry too) or ``None`` to leave the
+#: item out (counted as left out). An :class:`AnnopullError` it raises is that item's failure.
+Stage = Callable[[ItemT, Spool], Awaitable[Spool | Staged | None]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,6 +202,8 @@ class PullReport:
     elapsed: float
     resumed: bool
     transfer: TransferStats = field(default_factory=TransferStats)
+    #: Items a stage left out on purpose (a transform returning ``None``): not failures.
+    left_out: int = 0
 
     @property
     def ok(self) -> bool:
@@ -188,6 +218,7 @@ class PullReport:
             "listed": self.listed,
             "downloaded": self.downloaded,
             "skipped": self.skipped,
+            "left_out": self.left_out,
             "failed": [f.to_dict() for f in self.failures],
             "bytes": self.bytes,
             "elapsed_s": round(self.elapsed, 3),
@@ -265,6 +296,16 @@ class Selector:
         selection = self.selection
         if selection.shard is not None and not in_shard(item.key, selection.shard):
             return False
+        # An item listed without a version is checked once its fetch has told it.
+        return not item.version or self.wants_version(item)
+
+    def wants_version(self, item: Item) -> bool:
+        """Whether ``item``'s version passes ``since`` and skip-existing.
+
+        Raises:
+            TransferError: the item's version is not a time, and ``since`` needs one.
+        """
+        selection = self.selection
         if selection.since is not None:
             try:
                 if parse_time(item.version) <= selection.since:
@@ -375,6 +416,7 @@ async def pull_through(
     *,
     selection: Selection | None = None,
     resume: bool = False,
+    stage: Stage[ItemT] | None = None,
     progress: Progress | None = None,
     spool_dir: Path | None = None,
 ) -> PullReport:
@@ -391,6 +433,7 @@ async def pull_through(
         sink,
         selection=selection,
         resume=resume,
+        stage=stage,
         progress=progress,
         concurrency=max(engine.concurrency, engine.max_concurrency),
         spool_memory=engine.spool_memory,
@@ -421,7 +464,7 @@ class _Run(Generic[ItemT]):
         self.spool_memory = spool_memory
         self.spool_dir = spool_dir
         self.started = time.monotonic()
-        self.listed = self.downloaded = self.skipped = self.bytes = 0
+        self.listed = self.downloaded = self.skipped = self.left_out = self.bytes = 0
         self.failures: list[Failure] = []
         self.ledger: Ledger | None = None
         self.selector = Selector(selection)
@@ -429,6 +472,8 @@ class _Run(Generic[ItemT]):
         self.created: Path | None = None  # a folder made for this run's output
         self.pending = 0
         self.last_checkpoint = time.monotonic()
+        #: Items whose fetch described them anew, by the spool holding their bytes.
+        self.learned: dict[Spool, ItemT] = {}
 
     async def go(self, *, resume: bool, concurrency: int) -> PullReport:
         lock = await anyio.to_thread.run_sync(self._lock_output)
@@ -467,6 +512,8 @@ class _Run(Generic[ItemT]):
             self.created = path.parent
         try:
             sink.prepare()
+        except StorageError:
+            raise
         except OSError as exc:
             raise ConfigError(f"cannot create {path.parent}: {exc.strerror}") from None
         if not path.parent.is_dir():
@@ -491,6 +538,8 @@ class _Run(Generic[ItemT]):
             self.ledger = Ledger.temporary(kind=sink.kind, directory=self.spool_dir)
             sink.attach(self.ledger, resume=False)
             return False
+        if sink.remote_state is not None:
+            return self._open_remote_ledger(sink.remote_state, path, fingerprint, resume)
         leftover = path.exists() and sink.has_partial()
         if leftover and not resume:
             raise InterruptedRunError(
@@ -504,6 +553,28 @@ class _Run(Generic[ItemT]):
             self.ledger = Ledger.create(path, kind=sink.kind, fingerprint=fingerprint)
         sink.attach(self.ledger, resume=leftover)
         return leftover
+
+    def _open_remote_ledger(
+        self, state: RemoteState, path: Path, fingerprint: dict[str, str], resume: bool
+    ) -> bool:
+        """The ledger of an object-store output: rebuilt from the bucket on resume."""
+        sink = self.sink
+        header = state.read()
+        if header is not None and not resume:
+            raise InterruptedRunError(
+                f"{sink.description} holds an interrupted run (its state is in "
+                f"{state.description}): resume it, or delete that state to start over"
+            )
+        if header is not None:
+            self.ledger = rebuild_ledger(
+                state, header, path, kind=sink.kind, fingerprint=fingerprint
+            )
+            self.held = self.ledger.reader()
+        else:
+            self.ledger = Ledger.create(path, kind=sink.kind, fingerprint=fingerprint)
+            state.start(kind=sink.kind, fingerprint=fingerprint)
+        sink.attach(self.ledger, resume=header is not None)
+        return header is not None
 
     def _close_indexes(self) -> None:
         if self.held is not None:
@@ -534,6 +605,8 @@ class _Run(Generic[ItemT]):
             raise
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(ledger.delete)
+            if self.sink.remote_state is not None:
+                await anyio.to_thread.run_sync(self.sink.remote_state.clear)
 
     async def _selected(
         self, first: ItemT | None, rest: AsyncIterator[ItemT]
@@ -569,22 +642,28 @@ class _Run(Generic[ItemT]):
             self._skip()
         return wanted
 
-    async def _fetch(self, item: ItemT) -> Spool | None:
+    async def _fetch(self, item: ItemT) -> Staged | None:
         spool = Spool(memory_limit=self.spool_memory, directory=self.spool_dir)
         try:
-            await self.source.fetch(item, spool, on_bytes=self.progress.bytes)
-            if self.stage is not None:
-                staged = await self.stage(item, spool)
-                if staged is not spool:
+            learned = await self.source.fetch(item, spool, on_bytes=self.progress.bytes)
+            if learned is not None or not item.version:
+                item = learned or item
+                if not self.selector.wants_version(item):
                     await spool.aclose()
-                if staged is None:
                     self._skip()
                     return None
-                spool = staged
-        except (StorageError, RetryBudgetExhaustedError):
-            # The local disk under the spool, or a host given up for the run: every item
-            # would fail the same way. Stopping keeps what arrived resumable instead of
-            # finishing an output with holes.
+            staged = Staged(spool) if self.stage is None else await self.stage(item, spool)
+            if staged is None:
+                await spool.aclose()
+                self._leave_out()
+                return None
+            staged = staged if isinstance(staged, Staged) else Staged(staged)
+            if staged.spool is not spool:
+                await spool.aclose()
+        except (StorageError, RetryBudgetExhaustedError, WorkerPoolError):
+            # The local disk under the spool, a host given up for the run, or a stage's
+            # workers that keep dying: every item would fail the same way. Stopping keeps
+            # what arrived resumable instead of finishing an output with holes.
             with anyio.CancelScope(shield=True):
                 await spool.aclose()
             raise
@@ -596,34 +675,38 @@ class _Run(Generic[ItemT]):
             with anyio.CancelScope(shield=True):
                 await spool.aclose()
             raise
-        return spool
+        if learned is not None:
+            self.learned[staged.spool] = learned
+        return staged
 
-    async def _write_batch(self, batch: list[Fetched[ItemT, Spool]]) -> None:
+    async def _write_batch(self, batch: list[Fetched[ItemT, Staged]]) -> None:
         """Write fetched items: those in memory together (one sink call), spilled ones streamed."""
+        for fetched in batch:
+            fetched.item = self.learned.pop(fetched.result.spool, fetched.item)
         try:
             named = self._name(batch)
-            small = [(f, info) for f, info in named if f.result.in_memory]
-            entries = [(info, f.result.getvalue()) for f, info in small]
+            small = [(f, info) for f, info in named if f.result.spool.in_memory]
+            entries = [(info, f.result.spool.getvalue()) for f, info in small]
             rows: list[LedgerRow] = []
             with self._output_errors():
                 written = await self.sink.write_many(entries)
             for (fetched, info), outcome in zip(small, written, strict=True):
                 self._settle(fetched, info, outcome, rows)
             for fetched, info in named:
-                if not fetched.result.in_memory:
+                if not fetched.result.spool.in_memory:
                     self._settle(fetched, info, await self._stream(fetched, info), rows)
             await self._record(rows)
         finally:
             for fetched in batch:
-                await fetched.result.aclose()
+                await fetched.result.spool.aclose()
 
     async def _stream(
-        self, fetched: Fetched[ItemT, Spool], info: EntryInfo
+        self, fetched: Fetched[ItemT, Staged], info: EntryInfo
     ) -> bytes | AnnopullError:
         """Write one spilled item; what the sink refuses for this entry alone is its failure."""
         try:
             with self._output_errors():
-                return await self.sink.write(info, fetched.result.chunks())
+                return await self.sink.write(info, fetched.result.spool.chunks())
         except StorageError:
             raise
         except AnnopullError as exc:
@@ -643,8 +726,8 @@ class _Run(Generic[ItemT]):
             ) from exc
 
     def _name(
-        self, batch: list[Fetched[ItemT, Spool]]
-    ) -> list[tuple[Fetched[ItemT, Spool], EntryInfo]]:
+        self, batch: list[Fetched[ItemT, Staged]]
+    ) -> list[tuple[Fetched[ItemT, Staged], EntryInfo]]:
         """Drop items the output already holds; give the others safe, unique names.
 
         A listing that shifts while it is paged can name an item twice, and the output must
@@ -656,36 +739,36 @@ class _Run(Generic[ItemT]):
         # Two indexed queries for the whole batch, not one or two per entry.
         held = ledger.held_keys(f.item.key for f in batch)
         keys: set[str] = set()
-        wanted: list[tuple[Fetched[ItemT, Spool], str]] = []
+        wanted: list[tuple[Fetched[ItemT, Staged], ItemT, str]] = []
         for fetched in batch:
-            item = fetched.item
+            item = _restaged(fetched.item, fetched.result)
             if item.key in keys or item.key in held:
                 self._skip()
                 continue
             try:
                 clean = sanitize_entry_name(item.name)
-                _check_json(item, fetched.result)
+                _check_json(item, fetched.result.spool)
             except AnnopullError as exc:
                 self._fail(item.key, exc)
                 continue
             keys.add(item.key)
-            wanted.append((fetched, clean))
-        taken = ledger.held_names(clean for _, clean in wanted)
+            wanted.append((fetched, item, clean))
+        taken = ledger.held_names(clean for _, _, clean in wanted)
         names: set[str] = set()
         named = []
-        for fetched, clean in wanted:
+        for fetched, item, clean in wanted:
             name = next(
                 c
                 for c in name_candidates(clean)
                 if c not in names and c not in taken and (c == clean or not ledger.has_name(c))
             )
             names.add(name)
-            named.append((fetched, _entry_info(fetched.item, name, fetched.result.size)))
+            named.append((fetched, _entry_info(item, name, fetched.result.spool.size)))
         return named
 
     def _settle(
         self,
-        fetched: Fetched[ItemT, Spool],
+        fetched: Fetched[ItemT, Staged],
         info: EntryInfo,
         outcome: bytes | AnnopullError,
         rows: list[LedgerRow],
@@ -696,7 +779,7 @@ class _Run(Generic[ItemT]):
         rows.append(LedgerRow(key=info.key, version=info.version, name=info.name, receipt=outcome))
         self.listed += 1
         self.downloaded += 1
-        self.bytes += fetched.result.size
+        self.bytes += fetched.result.spool.size
         self.progress.item_done()
 
     async def _record(self, rows: list[LedgerRow]) -> None:
@@ -715,13 +798,18 @@ class _Run(Generic[ItemT]):
         assert ledger is not None
         with anyio.CancelScope(shield=True):
             await self.sink.flush()
-            await anyio.to_thread.run_sync(ledger.commit)
+            await anyio.to_thread.run_sync(commit_durable, self.sink.remote_state, ledger)
         self.pending = 0
         self.last_checkpoint = time.monotonic()
 
     def _skip(self) -> None:
         self.listed += 1
         self.skipped += 1
+        self.progress.item_done(skipped=True)
+
+    def _leave_out(self) -> None:
+        self.listed += 1
+        self.left_out += 1
         self.progress.item_done(skipped=True)
 
     def _fail(self, item: str, exc: AnnopullError) -> None:
@@ -739,7 +827,19 @@ class _Run(Generic[ItemT]):
             bytes=self.bytes,
             elapsed=time.monotonic() - self.started,
             resumed=resumed,
+            left_out=self.left_out,
         )
+
+
+def _restaged(item: ItemT, staged: Staged) -> ItemT:
+    """``item`` as its stage renamed or retyped it."""
+    if staged.name is None and staged.json is None:
+        return item
+    return dataclasses.replace(
+        item,
+        name=item.name if staged.name is None else staged.name,
+        json=item.json if staged.json is None else staged.json,
+    )
 
 
 def _check_json(item: Item, spool: Spool) -> None:
@@ -785,5 +885,5 @@ def _commit_and_close(ledger: Ledger) -> None:
         ledger.close()
 
 
-async def _release(spool: Spool) -> None:
-    await spool.aclose()
+async def _release(staged: Staged) -> None:
+    await staged.spool.aclose()

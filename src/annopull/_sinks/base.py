@@ -27,7 +27,7 @@ from typing import ClassVar, Protocol, Self, TypeVar
 import anyio
 
 from annopull._errors import AnnopullError
-from annopull._storage.base import ObjectStorage
+from annopull._storage.base import ObjectStorage, RemoteState
 
 __all__ = ["EntryInfo", "ObjectSink", "Records", "Sink", "SinkResult", "run_shielded"]
 
@@ -116,8 +116,24 @@ class Sink(abc.ABC):
     def has_partial(self) -> bool:
         """Whether an interrupted run's unfinished output is there (blocking)."""
 
-    def prepare(self) -> None:  # noqa: B027 - a hook most sinks do not need
-        """Create what the ledger's place needs (a folder output's folder); blocking."""
+    def prepare(self) -> None:
+        """Create what the ledger's place needs (a folder output's folder); blocking.
+
+        With :attr:`remote_state`, also checks the store answers (a missing bucket is a
+        ConfigError before anything is listed).
+        """
+        state = self.remote_state
+        if state is not None:
+            state.prepare()
+
+    @property
+    def remote_state(self) -> RemoteState | None:
+        """Resume state kept in the store beside the output (an object store), or ``None``.
+
+        When there is one, the driver rebuilds its ledger from it on resume, and commits
+        rows only when :meth:`RemoteState.commit` says their bytes are durable.
+        """
+        return None
 
     def attach(self, records: Records, *, resume: bool) -> None:
         """Give the sink its records; with ``resume`` it continues the unfinished output."""
@@ -223,6 +239,10 @@ class ObjectSink(Sink):
 
     def has_partial(self) -> bool:
         return self._storage.has_partial()
+
+    @property
+    def remote_state(self) -> RemoteState | None:
+        return self._storage.remote_state
 
 
 async def run_shielded(func: Callable[..., T], *args: object) -> T:

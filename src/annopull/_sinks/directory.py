@@ -13,7 +13,7 @@ import anyio
 
 from annopull._errors import AnnopullError, ZipFormatError
 from annopull._sinks.base import EntryInfo, Sink, SinkResult, run_shielded
-from annopull._storage.base import TreeStorage
+from annopull._storage.base import RemoteState, TreeStorage
 from annopull._storage.local import LocalTree
 
 __all__ = ["DirectorySink"]
@@ -63,8 +63,13 @@ class DirectorySink(Sink):
     def prepare(self) -> None:
         # Only the folder, for the journal and the lock: what a killed run left half-written
         # is removed by open(), once this run holds the lock.
+        super().prepare()
         if self.state_path is not None:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def remote_state(self) -> RemoteState | None:
+        return self._tree.remote_state
 
     async def open(self) -> None:
         await anyio.to_thread.run_sync(self._tree.prepare)

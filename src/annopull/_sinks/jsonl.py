@@ -83,7 +83,7 @@ class JsonlSink(ObjectSink):
             await anyio.to_thread.run_sync(blob.write, encoder.head())
             async for chunk in chunks:
                 await anyio.to_thread.run_sync(blob.write, encoder.body(chunk))
-            await anyio.to_thread.run_sync(blob.write, encoder.tail())
+            await anyio.to_thread.run_sync(_write_line_end, blob, encoder.tail())
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(blob.truncate, start)
@@ -113,6 +113,12 @@ class JsonlSink(ObjectSink):
             await anyio.to_thread.run_sync(_sync_and_close, blob)
 
 
+def _write_line_end(blob: Blob, data: bytes) -> None:
+    """Write the last bytes of a line: the entry is whole (see ``Blob.mark_boundary``)."""
+    blob.write(data)
+    blob.mark_boundary()
+
+
 def _sync_and_close(blob: Blob) -> None:
     try:
         blob.sync()
@@ -131,7 +137,7 @@ def _append_lines(
             results.append(exc)
             continue
         start = blob.position
-        blob.write(line)
+        _write_line_end(blob, line)
         results.append(_RECEIPT.pack(start, blob.position))
     return results
 

@@ -23,7 +23,7 @@ import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import Any, BinaryIO, ClassVar, Final
 from urllib.parse import urljoin, urlsplit
 
 import anyio
@@ -43,6 +43,7 @@ from annopull._errors import (
     redact_url,
 )
 from annopull._progress import NullProgress, Progress
+from annopull._storage.bucket import S3Download
 from annopull._storage.local import LocalFile
 from annopull._storage.target import BlobTarget
 from annopull._transport.http import AuthProvider, Transport
@@ -211,7 +212,8 @@ class ExportResult:
     Args:
         label: ``owner/project`` of the export.
         kind: ``"instruments"`` or ``"project"``.
-        path: the verified zip, or the folder it was extracted into.
+        path: the verified zip, or the folder it was extracted into (an ``s3://`` URL
+            for an object store).
         size: bytes of the zip.
         resumed_from: bytes an earlier, interrupted run had left in the ``.part``.
         entries: entries in the zip.
@@ -221,7 +223,7 @@ class ExportResult:
 
     label: str
     kind: str
-    path: Path
+    path: Path | str
     size: int
     resumed_from: int
     entries: int
@@ -234,7 +236,7 @@ class ExportOutcome:
     """One export of :meth:`AnnoLabSource.export_many`: its result, or why it failed."""
 
     request: ExportRequest
-    output: Path
+    output: Path | str
     result: ExportResult | None = None
     error: AnnopullError | None = None
 
@@ -406,7 +408,7 @@ class AnnoLabSource:
     async def download(
         self,
         job: ExportJob,
-        output: str | os.PathLike[str],
+        output: str | os.PathLike[str] | S3Download,
         *,
         extract: bool | None = None,
         progress: Progress | None = None,
@@ -420,7 +422,9 @@ class AnnoLabSource:
 
         Args:
             job: the export job.
-            output: the zip file to write, or a folder to extract into.
+            output: the zip file to write, a folder to extract into, or an object of a
+                bucket (:class:`~annopull._storage.bucket.S3Download`: staged, verified,
+                then copied into place).
             extract: force (True) or forbid (False) extraction; ``None`` decides by ``output``.
             progress: shows the size, then bytes as they arrive.
 
@@ -434,6 +438,8 @@ class AnnoLabSource:
             job = await self.wait(job, progress=report)
         # Only a display needs the size up front; without one, spare storage the probe.
         sized = progress is not None
+        if isinstance(output, S3Download):
+            return await self._download_to_bucket(job, output, report, sized=sized)
         into_folder = await _is_folder(output) if extract is None else extract
         path = Path(output)
         if not into_folder:
@@ -445,7 +451,7 @@ class AnnoLabSource:
         storage = LocalFile(path, resumable=False)
         async with await BlobTarget.open(storage, resume=True, batch_size=_BATCH) as target:
             size, resumed, check = await self._fetch(
-                job, target, storage.partial_path, report, sized=sized
+                job, target, str(storage.partial_path), report, sized=sized
             )
             entries = await self._verify(storage.partial_path, job, resumed, check)
             await target.publish(storage)
@@ -453,6 +459,31 @@ class AnnoLabSource:
             label=job.label,
             kind=job.kind,
             path=path,
+            size=size,
+            resumed_from=resumed,
+            entries=entries,
+        )
+
+    async def _download_to_bucket(
+        self, job: ExportJob, output: S3Download, report: Progress, *, sized: bool
+    ) -> ExportResult:
+        staging = output.staging
+        async with await BlobTarget.open(staging, resume=True) as target:
+            size, resumed, check = await self._fetch(
+                job, target, staging.description, report, sized=sized
+            )
+            await target.publish(staging)
+        # Checked with ranged reads of the staged copy: no local file, no seekable disk.
+        reader = await anyio.to_thread.run_sync(output.reader)
+        try:
+            entries = await self._verify(reader, job, resumed, check)
+        finally:
+            reader.close()
+        await anyio.to_thread.run_sync(output.promote)
+        return ExportResult(
+            label=job.label,
+            kind=job.kind,
+            path=output.description,
             size=size,
             resumed_from=resumed,
             entries=entries,
@@ -470,7 +501,7 @@ class AnnoLabSource:
         )
         async with await BlobTarget.open(storage, resume=True, batch_size=_BATCH) as target:
             size, resumed, check = await self._fetch(
-                job, target, storage.partial_path, report, sized=sized
+                job, target, str(storage.partial_path), report, sized=sized
             )
         entries = await self._verify(storage.partial_path, job, resumed, check)
         report.status(f"{job.label}: extracting")
@@ -491,7 +522,7 @@ class AnnoLabSource:
         self,
         job: ExportJob,
         target: BlobTarget,
-        part: Path,
+        part: str,
         report: Progress,
         *,
         sized: bool,
@@ -552,20 +583,26 @@ class AnnoLabSource:
         return size, resumed, check
 
     async def _verify(
-        self, part: Path, job: ExportJob, resumed: int, streamed: StreamCheck | None
+        self,
+        source: Path | BinaryIO,
+        job: ExportJob,
+        resumed: int,
+        streamed: StreamCheck | None,
     ) -> int:
-        """Check the central directory and every CRC of ``part``; return its entry count.
+        """Check the central directory and every CRC of ``source`` (a file, or a seekable
+        reader of a staged object); return its entry count.
 
         The CRCs checked as the bytes arrived (``streamed``) need only the central directory
         read back; without them (a resumed download, or a zip the walk could not follow)
         every entry is read again.
         """
+        part = str(getattr(source, "name", source))
         try:
             check: ZipCheck | None = None
             if streamed is not None:
-                check = await anyio.to_thread.run_sync(streamed.finish, part)
+                check = await anyio.to_thread.run_sync(streamed.finish, source)
             if check is None:
-                check = await verify_zip(part)
+                check = await verify_zip(source)
         except ZipFormatError as exc:
             raise _not_verified(exc, part=part, job=job, resumed=resumed) from exc
         return check.entries
@@ -584,7 +621,7 @@ class AnnoLabSource:
     async def export(
         self,
         request: ExportRequest,
-        output: str | os.PathLike[str],
+        output: str | os.PathLike[str] | S3Download,
         *,
         extract: bool | None = None,
         progress: Progress | None = None,
@@ -599,7 +636,7 @@ class AnnoLabSource:
         *,
         owner: str,
         project: str,
-        output: str | os.PathLike[str],
+        output: str | os.PathLike[str] | S3Download,
         tags: Sequence[str] = (),
         source_filter: str | None = None,
         include_files: bool = False,
@@ -626,7 +663,7 @@ class AnnoLabSource:
         *,
         group: str,
         project: str,
-        output: str | os.PathLike[str],
+        output: str | os.PathLike[str] | S3Download,
         include_annotation_types: bool = False,
         include_sources: bool = False,
         include_text_bounds: bool = False,
@@ -826,7 +863,7 @@ def _job_from(*, kind: str, label: str, status_url: str, answer: Mapping[str, An
 
 
 def _not_verified(
-    exc: ZipFormatError, *, part: Path, job: ExportJob, resumed: int
+    exc: ZipFormatError, *, part: str, job: ExportJob, resumed: int
 ) -> ZipFormatError:
     hint = (
         f"; {resumed} bytes came from an earlier run: if the export was rebuilt since, "

@@ -11,10 +11,17 @@ from __future__ import annotations
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,12 +31,31 @@ import orjson
 import yarl
 
 from annopull._config import KognicConfig
-from annopull._errors import ApiError, ConfigError, NotFoundError
+from annopull._errors import ApiError, NotFoundError
 from annopull._pipeline.buffers import Spool
-from annopull._pipeline.pull import Item, PullReport, Selection, Selector, parse_time, pull_through
+from annopull._pipeline.pull import (
+    Item,
+    ItemT,
+    PullReport,
+    Selection,
+    Selector,
+    Source,
+    pull_through,
+)
 from annopull._pipeline.scheduler import Fetched, fan_out, sole_error
+from annopull._pipeline.workers import WorkerMode
 from annopull._progress import Progress
 from annopull._sinks.base import Sink
+from annopull._sources.kognic_reads import (
+    Partial,
+    SceneAnnotation,
+    SceneListing,
+    annotation_item,
+    parse_partial,
+    parse_partials,
+    single_answer,
+)
+from annopull._sources.kognic_transform import StagedSource, Transform, kognic_stage
 from annopull._transport.http import AuthProvider, ByteTarget, Transport
 
 __all__ = ["Annotation", "AnnotationRef", "KognicSource"]
@@ -76,6 +102,16 @@ class Annotation:
         return orjson.loads(self.content)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _StageOptions:
+    """What runs on each annotation between fetch and write (nothing by default)."""
+
+    transform: Transform | None = None
+    validate: bool = False
+    workers: int | None = None
+    mode: WorkerMode = "process"
+
+
 class KognicSource:
     """Kognic's annotations: listing, single fetches, streaming iteration, bulk download.
 
@@ -119,7 +155,7 @@ class KognicSource:
             NotFoundError: the project, batch or annotation type does not exist.
         """
         url = self.search_url(project, annotation_type, batch=batch)
-        extra = {"useDefaultCartesian": "true"} if cartesian else {}
+        extra = _cartesian(cartesian)
         cursor: str | None = None
         # Every cursor seen: a server that hands back one it gave before (A -> B -> A) would
         # page forever. A cursor is short; a million scenes are a few thousand pages.
@@ -137,21 +173,133 @@ class KognicSource:
             seen.add(cursor_next)
             cursor = cursor_next
 
-    async def get_annotation(self, scene_uuid: str, annotation_type: str) -> Annotation:
-        """Fetch one scene's annotation of one type, content included."""
+    async def get_annotation(
+        self, scene_uuid: str, annotation_type: str, *, cartesian: bool = False
+    ) -> Annotation:
+        """Fetch one scene's annotation of one type, content included (the v1 single read).
+
+        The content comes inline in the answer, so its bytes are orjson's re-serialisation
+        of it (compact), not the storage's bytes; parsed in a worker thread when large. The
+        answer is read up to the engine's ``max_answer_bytes``.
+
+        Args:
+            scene_uuid: the scene.
+            annotation_type: the annotation type.
+            cartesian: ask for ISO 8855 rotated cuboids (``useDefaultCartesian=true``).
+
+        Raises:
+            NotFoundError: the scene has no such annotation (404).
+            ApiError: the answer holds no content.
+        """
         url = (
             f"{self._config.api_url.rstrip('/')}/v1/annotations/inputs/{_seg(scene_uuid)}"
             f"/annotation-type/{_seg(annotation_type)}"
         )
-        body = _unwrap(await self._transport.request_json("GET", url, auth=self._auth))
-        if not isinstance(body, dict) or "content" not in body:
+        answer = await self._transport.request_json(
+            "GET",
+            url,
+            auth=self._auth,
+            params=_cartesian(cartesian),
+            item=scene_uuid,
+            decode=single_answer,
+        )
+        if answer is None:
             raise ApiError("annotation answer holds no content", url=url, item=scene_uuid)
+        body, content = answer
         return Annotation(
             scene_uuid=str(body.get("inputUuid", scene_uuid)),
             annotation_type=str(body.get("annotationType", annotation_type)),
             created=str(body.get("created", "")),
-            content=orjson.dumps(body["content"]),
+            content=content,
         )
+
+    async def get_annotation_for_input(
+        self, input_uuid: str, *, cartesian: bool = False
+    ) -> SceneAnnotation:
+        """Fetch the annotation of one input (``v2/inputs/{uuid}/annotation``), content included.
+
+        Args:
+            input_uuid: the input (a scene in one annotation request).
+            cartesian: ask for ISO 8855 rotated cuboids (``useDefaultCartesian=true``).
+
+        Raises:
+            NotFoundError: the input has no annotation (404).
+            InvalidResponseError: the answer is not a partial annotation.
+        """
+        url = f"{self._config.api_url.rstrip('/')}/v2/inputs/{_seg(input_uuid)}/annotation"
+
+        async def describe() -> Partial:
+            body = await self._get(url, cartesian=cartesian, item=input_uuid)
+            return parse_partial(body, url=url)
+
+        return await self._with_content(await describe(), describe)
+
+    async def get_annotations_for_scene(
+        self, scene_uuid: str, *, cartesian: bool = False
+    ) -> list[SceneAnnotation]:
+        """Fetch every annotation of one scene (``v2/scenes/{uuid}/annotations``).
+
+        Contents are fetched concurrently, at most the engine's ``concurrency`` at once;
+        the list keeps the answer's order.
+
+        Args:
+            scene_uuid: the scene.
+            cartesian: ask for ISO 8855 rotated cuboids (``useDefaultCartesian=true``).
+
+        Raises:
+            NotFoundError: the scene does not exist (404).
+            InvalidResponseError: the answer is not a list of partial annotations.
+        """
+        url = f"{self._config.api_url.rstrip('/')}/v2/scenes/{_seg(scene_uuid)}/annotations"
+
+        async def describe_all() -> list[Partial]:
+            body = await self._get(url, cartesian=cartesian, item=scene_uuid)
+            return parse_partials(body, url=url)
+
+        partials = await describe_all()
+        results: list[SceneAnnotation | None] = [None] * len(partials)
+        limiter = anyio.CapacityLimiter(self._transport.engine.concurrency)
+
+        async def fetch(index: int, partial: Partial) -> None:
+            async def describe() -> Partial:
+                for fresh in await describe_all():
+                    if fresh.input_uuid == partial.input_uuid:
+                        return fresh
+                raise NotFoundError("annotation no longer listed", url=url, item=partial.input_uuid)
+
+            async with limiter:
+                results[index] = await self._with_content(partial, describe)
+
+        with sole_error():
+            async with anyio.create_task_group() as tg:
+                for index, partial in enumerate(partials):
+                    tg.start_soon(fetch, index, partial)
+        return [result for result in results if result is not None]
+
+    async def get_annotation_by_id(
+        self, annotation_id: str, *, iso_boxes: bool = False
+    ) -> SceneAnnotation:
+        """Fetch one annotation by its id, from the annotation-integration API.
+
+        Args:
+            annotation_id: the annotation's id.
+            iso_boxes: ask for ISO 8855 rotated cuboids (``isoBoxes=true``).
+
+        Raises:
+            NotFoundError: no such annotation, or it was invalidated (404).
+            InvalidResponseError: the answer is not an annotation.
+        """
+        base = self._config.annotation_integration_url.rstrip("/")
+        url = f"{base}/v1/annotations/{_seg(annotation_id)}"
+        params = {"isoBoxes": "true"} if iso_boxes else {}
+
+        async def describe() -> Partial:
+            body = await self._transport.request_json(
+                "GET", url, auth=self._auth, params=params, item=annotation_id
+            )
+            return parse_partial(body, url=url, by_id=True)
+
+        return await self._with_content(await describe(), describe)
 
     @asynccontextmanager
     async def project_annotations(
@@ -162,6 +310,7 @@ class KognicSource:
         batch: str | None = None,
         selection: Selection | None = None,
         concurrency: int | None = None,
+        cartesian: bool = False,
     ) -> AsyncIterator[AsyncIterator[Annotation]]:
         """Stream a project's annotations, contents fetched concurrently.
 
@@ -180,9 +329,10 @@ class KognicSource:
             batch: only this batch.
             selection: filters (since, skip-existing, shard).
             concurrency: fetches in flight; the engine's setting by default.
+            cartesian: ask for ISO 8855 rotated cuboids.
         """
         limit = concurrency or self._transport.engine.concurrency
-        listing = _Listing(self, project, annotation_type, batch=batch, cartesian=False)
+        listing = _Listing(self, project, annotation_type, batch=batch, cartesian=cartesian)
         send, receive = anyio.create_memory_object_stream[Annotation](limit)
 
         async def fetch(item: _KognicItem) -> Annotation:
@@ -229,13 +379,17 @@ class KognicSource:
         cartesian: bool = False,
         progress: Progress | None = None,
         spool_dir: Path | None = None,
+        transform: Transform | None = None,
+        validate: bool = False,
+        workers: int | None = None,
+        workers_mode: WorkerMode = "process",
     ) -> PullReport:
         """Download every (selected) annotation into ``sink`` and report what happened.
 
-        One entry ``{scene_uuid}.json`` per annotation, the content byte for byte. Items that
-        fail for good are listed in the report and the rest goes on; anything else (the
-        listing failing, the sink failing, a cancellation) stops the run, and what arrived
-        stays in the output, journaled for ``resume``.
+        One entry ``{scene_uuid}.json`` per annotation, the content byte for byte (or what
+        ``transform`` made of it). Items that fail for good are listed in the report and the
+        rest goes on; anything else (the listing failing, the sink failing, a cancellation)
+        stops the run, and what arrived stays in the output, journaled for ``resume``.
 
         Args:
             project: the project identifier.
@@ -247,18 +401,144 @@ class KognicSource:
             cartesian: ask for ISO 8855 rotated cuboids.
             progress: where progress goes.
             spool_dir: where items larger than the engine's ``spool_memory`` wait on disk.
+            transform: converts each annotation while the others download: gets a
+                :class:`ParsedAnnotation`, returns bytes, str, a dict or list (JSON), a
+                pydantic model, :class:`~annopull.Renamed` (a new entry name too) or
+                ``None`` (left out, counted in ``left_out``). What it raises is that item's
+                failure. Runs in worker processes: a module-level function.
+            validate: check each document against kognic-openlabel's
+                ``OpenLabelAnnotation`` (before ``transform``); an invalid one is a failure
+                and left out. Needs ``pip install 'annopull[openlabel]'``.
+            workers: processes (or threads) for ``transform`` and ``validate``; the CPU count
+                by default.
+            workers_mode: ``"process"``, or ``"thread"`` for a cheap function (or one that
+                cannot be pickled).
+
+        Raises:
+            ConfigError: ``validate`` without kognic-openlabel; a ``transform`` that cannot
+                go to worker processes; ``workers`` out of range.
         """
-        return await pull_through(
-            self._transport,
-            _Listing(self, project, annotation_type, batch=batch, cartesian=cartesian),
+        listing = _Listing(self, project, annotation_type, batch=batch, cartesian=cartesian)
+        return await self._pull(
+            listing,
             sink,
             selection=selection,
             resume=resume,
             progress=progress,
             spool_dir=spool_dir,
+            stage=_StageOptions(
+                transform=transform, validate=validate, workers=workers, mode=workers_mode
+            ),
         )
 
+    async def download_scenes(
+        self,
+        scene_uuids: Iterable[str] | AsyncIterable[str],
+        annotation_type: str,
+        *,
+        sink: Sink,
+        selection: Selection | None = None,
+        resume: bool = False,
+        cartesian: bool = False,
+        progress: Progress | None = None,
+        spool_dir: Path | None = None,
+        transform: Transform | None = None,
+        validate: bool = False,
+        workers: int | None = None,
+        workers_mode: WorkerMode = "process",
+    ) -> PullReport:
+        """Download one annotation type of every scene of a list into ``sink``.
+
+        One entry ``{scene_uuid}.json`` per scene: the v1 single read's content, as
+        re-serialised by orjson (see :meth:`get_annotation`), its ``created`` the entry's
+        version. A scene without that annotation is that item's failure, and the rest goes
+        on. The list is read through once (each uuid checked, the list digested for
+        ``resume``, into a temporary copy) before anything is fetched, then lazily.
+
+        Args:
+            scene_uuids: the scene uuids, e.g. :func:`read_scene_list`'s.
+            annotation_type: the annotation type.
+            sink: where entries go (:class:`ZipSink`, :class:`DirectorySink`, :class:`JsonlSink`).
+            selection: filters (since, skip-existing, shard); a scene's ``created`` is known
+                only once fetched, so ``since`` and skip-existing save writes, not requests.
+            resume: continue the interrupted run of the same list and type.
+            cartesian: ask for ISO 8855 rotated cuboids.
+            progress: where progress goes.
+            spool_dir: where large items, and the list's checked copy, wait on disk.
+            transform, validate, workers, workers_mode: as for :meth:`download`.
+
+        Raises:
+            ConfigError: an entry of the list is not a scene uuid (before anything is
+                fetched or written); as for :meth:`download`.
+        """
+        listing = SceneListing(
+            self, scene_uuids, annotation_type, cartesian=cartesian, spool_dir=spool_dir
+        )
+        return await self._pull(
+            listing,
+            sink,
+            selection=selection,
+            resume=resume,
+            progress=progress,
+            spool_dir=spool_dir,
+            stage=_StageOptions(
+                transform=transform, validate=validate, workers=workers, mode=workers_mode
+            ),
+        )
+
+    async def _pull(
+        self,
+        listing: Source[ItemT],
+        sink: Sink,
+        *,
+        selection: Selection | None,
+        resume: bool,
+        progress: Progress | None,
+        spool_dir: Path | None,
+        stage: _StageOptions,
+    ) -> PullReport:
+        """Pull ``listing`` into ``sink`` through the transform/validate workers, if any."""
+        async with kognic_stage(
+            transform=stage.transform,
+            validate=stage.validate,
+            workers=stage.workers,
+            workers_mode=stage.mode,
+            spool_memory=self._transport.engine.spool_memory,
+        ) as run_stage:
+            return await pull_through(
+                self._transport,
+                listing
+                if run_stage is None
+                else StagedSource(listing, transform=stage.transform, validate=stage.validate),
+                sink,
+                selection=selection,
+                resume=resume,
+                stage=run_stage,
+                progress=progress,
+                spool_dir=spool_dir,
+            )
+
     # -- internals ---------------------------------------------------------------------
+    async def _get(self, url: str, *, cartesian: bool, item: str) -> Any:
+        return await self._transport.request_json(
+            "GET", url, auth=self._auth, params=_cartesian(cartesian), item=item
+        )
+
+    async def _with_content(
+        self, partial: Partial, describe: Callable[[], Awaitable[Partial]]
+    ) -> SceneAnnotation:
+        """``partial`` with its content, fetched from its signed URL like a listed item's:
+        an expired URL is replaced by reading the annotation again (``describe``)."""
+
+        async def refresh() -> str:
+            return (await describe()).uri
+
+        spool = Spool(memory_limit=sys.maxsize)  # asked for as bytes: held in memory whole
+        await self._transport.download(
+            partial.uri, spool, refresh_url=refresh, item=partial.input_uuid
+        )
+        return partial.with_content(spool.getvalue())
+
     async def _page(
         self, url: str, cursor: str | None, extra: Mapping[str, str]
     ) -> tuple[list[AnnotationRef], str | None]:
@@ -318,11 +598,8 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
-def _unwrap(body: Any) -> Any:
-    """The payload of an enveloped answer: ``data`` when there is no ``metadata``."""
-    if isinstance(body, dict) and "data" in body and "metadata" not in body:
-        return body["data"]
-    return body
+def _cartesian(cartesian: bool) -> dict[str, str]:
+    return {"useDefaultCartesian": "true"} if cartesian else {}
 
 
 def _ref(item: Any, page: PageKey, index: int) -> AnnotationRef:
@@ -389,23 +666,7 @@ class _KognicItem(Item):
 
 
 def _item(ref: AnnotationRef) -> _KognicItem:
-    try:
-        mtime: datetime | None = parse_time(ref.created)
-    except ConfigError:
-        mtime = None
-    return _KognicItem(
-        key=ref.scene_uuid,
-        name=f"{ref.scene_uuid}.json",
-        version=ref.created,
-        mtime=mtime,
-        fields={
-            "scene_uuid": ref.scene_uuid,
-            "annotation_type": ref.annotation_type,
-            "created": ref.created,
-        },
-        json=True,
-        ref=ref,
-    )
+    return _KognicItem(**annotation_item(ref.scene_uuid, ref.annotation_type, ref.created), ref=ref)
 
 
 class _Listing:

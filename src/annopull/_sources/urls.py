@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sys
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from annopull._errors import ConfigError, redact_url
 from annopull._pipeline.pull import Item, PullReport, Selection, pull_through
 from annopull._progress import Progress
 from annopull._sinks.base import Sink
+from annopull._sources.lists import LineError, list_lines, open_list
 from annopull._transport.http import ByteTarget, Transport
 
 __all__ = ["UrlEntry", "UrlItem", "UrlList", "UrlSource", "read_url_list"]
@@ -59,10 +59,6 @@ _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 #: What cannot stay in a name made from one path segment.
 _NOT_IN_NAME: Final = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SPACE: Final = re.compile(r"\s")
-
-
-class _LineError(Exception):
-    """What is wrong with one line (its number is added by the caller)."""
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -136,18 +132,16 @@ class UrlList:
         # item, which the pipeline fetches once.
         named: dict[str, int] = {}
         digest = hashlib.sha256()
-        for number, raw in enumerate(lines, start=1):
+        for number, line in list_lines(lines, origin=origin):
             try:
-                entry = _parse_line(_decode(raw, first=number == 1))
-                if entry is None:
-                    continue
+                entry = _parse_line(line)
                 if entry.given_name is not None:
                     first = named.setdefault(entry.given_name, len(entries))
                     if first != len(entries) and entries[first].url != entry.url:
-                        raise _LineError(
+                        raise LineError(
                             f"NAME {entry.given_name!r} is already given to another URL"
                         )
-            except _LineError as exc:
+            except LineError as exc:
                 raise ConfigError(f"{origin}:{number}: {exc}") from None
             entries.append(entry)
             redacted = redact_url(entry.url)
@@ -169,14 +163,8 @@ def read_url_list(path: str | os.PathLike[str], *, stdin: BinaryIO | None = None
     Raises:
         ConfigError: the file cannot be read, or a line is malformed.
     """
-    if os.fspath(path) == "-":
-        return UrlList.from_lines(stdin or sys.stdin.buffer, origin="<stdin>")
-    origin = os.fspath(path)
-    try:
-        with Path(path).open("rb") as stream:
-            return UrlList.from_lines(stream, origin=origin)
-    except OSError as exc:
-        raise ConfigError(f"cannot read the URL list {origin}: {exc.strerror or exc}") from None
+    with open_list(path, what="URL list", stdin=stdin) as (lines, origin):
+        return UrlList.from_lines(lines, origin=origin)
 
 
 def _name_from_url(url: str) -> str:
@@ -285,47 +273,34 @@ def _item(entry: UrlEntry) -> UrlItem:
     )
 
 
-def _decode(raw: str | bytes, *, first: bool) -> str:
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise _LineError(f"not UTF-8 (byte {exc.start + 1})") from None
-    if first:
-        raw = raw.removeprefix("\ufeff")
-    return raw.removesuffix("\n").removesuffix("\r")
-
-
 def _control_in(text: str) -> str | None:
     """The first control character of ``text``, as ``U+XXXX``, or ``None``."""
     found = _CONTROL.search(text)
     return None if found is None else f"U+{ord(found.group()):04X}"
 
 
-def _parse_line(line: str) -> UrlEntry | None:
-    """The entry a line holds, ``None`` for a blank or comment line.
+def _parse_line(line: str) -> UrlEntry:
+    """The entry a (meaningful) line holds.
 
     Messages never echo the URL: its query, or a ``user:pass@``, may be a secret.
     """
-    if not line.strip() or line.lstrip().startswith("#"):
-        return None
     url, tab, name_part = line.partition("\t")
     url = url.strip()
     name: str | None = None
     if tab:
         if "\t" in name_part:
-            raise _LineError("more than one TAB (a line is URL or URL<TAB>NAME)")
+            raise LineError("more than one TAB (a line is URL or URL<TAB>NAME)")
         name = name_part.strip()
         if not name:
-            raise _LineError("a TAB with an empty NAME after it")
+            raise LineError("a TAB with an empty NAME after it")
         if (control := _control_in(name)) is not None:
-            raise _LineError(f"control character {control} in the NAME")
+            raise LineError(f"control character {control} in the NAME")
         if all(s in ("", ".", "..") for s in name.replace("\\", "/").split("/")):
-            raise _LineError(f"NAME {name!r} names no file")
+            raise LineError(f"NAME {name!r} names no file")
     if (control := _control_in(url)) is not None:
-        raise _LineError(f"control character {control} in the URL")
+        raise LineError(f"control character {control} in the URL")
     if _SPACE.search(url):
-        raise _LineError("a space in the URL (write it as %20; separate a NAME with a TAB)")
+        raise LineError("a space in the URL (write it as %20; separate a NAME with a TAB)")
     _check_url(url)
     return UrlEntry(url, name)
 
@@ -334,21 +309,21 @@ def _check_url(url: str) -> None:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise _LineError(f"not a URL: {exc}") from None
+        raise LineError(f"not a URL: {exc}") from None
     if parts.scheme.lower() not in ("http", "https"):
         scheme = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
-        raise _LineError(f"not an http or https URL ({scheme})")
+        raise LineError(f"not an http or https URL ({scheme})")
     if parts.username is not None or parts.password is not None:
-        raise _LineError(
+        raise LineError(
             "credentials in the URL (user:password@) are refused: they would be sent as an "
             "Authorization header"
         )
     if not parts.hostname:
-        raise _LineError("the URL has no host")
+        raise LineError("the URL has no host")
     try:
         port = parts.port
     except ValueError:
         port = 0
     if port == 0:
         shown = parts.netloc.rpartition(":")[2][:20]
-        raise _LineError(f"bad port {shown!r} (a port is 1 to 65535)")
+        raise LineError(f"bad port {shown!r} (a port is 1 to 65535)")

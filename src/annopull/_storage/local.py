@@ -68,6 +68,9 @@ class _FileBlob:
         self._stream.flush()
         os.fsync(self._stream.fileno())
 
+    def mark_boundary(self) -> None:
+        """Nothing to do: a file is durable by sync alone."""
+
     def close(self) -> None:
         if not self._stream.closed:
             self._stream.close()
@@ -129,6 +132,11 @@ class LocalFile:
     def discard_partial(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._part.unlink()
+
+    @property
+    def remote_state(self) -> None:
+        """Local: the journal lives beside the output, not in a store."""
+        return None
 
 
 class _LocalAtomicFile:
@@ -226,6 +234,11 @@ class LocalTree:
             raise
         file.commit(mtime=mtime)
         return size
+
+    @property
+    def remote_state(self) -> None:
+        """Local: the journal lives beside the output, not in a store."""
+        return None
 
     def committed(self, path: Path) -> None:
         """Note a renamed file, to fsync at the next :meth:`sync`."""

@@ -42,6 +42,9 @@ class _StreamBlob:
     def sync(self) -> None:
         self._stream.flush()
 
+    def mark_boundary(self) -> None:
+        """Nothing to do: a file is durable by sync alone."""
+
     def close(self) -> None:
         """The stream belongs to the caller: it is flushed, never closed."""
         self._stream.flush()
@@ -85,6 +88,11 @@ class StreamStorage:
     def publish(self, blob: object) -> None:
         assert isinstance(blob, _StreamBlob)
         blob.sync()
+
+    @property
+    def remote_state(self) -> None:
+        """Local: the journal lives beside the output, not in a store."""
+        return None
 
     def discard_partial(self) -> None:
         """Nothing is kept anywhere but in the stream."""

@@ -36,6 +36,7 @@ from typing import Any, NoReturn, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+import anyio
 import orjson
 
 from annopull._config import EngineConfig
@@ -83,6 +84,9 @@ MAX_REDIRECTS = 5
 #: Paced repeats of one request; past them a 429/503 counts as a failed attempt, so a
 #: server that paces one request forever while answering others cannot loop it forever.
 MAX_PACED = 100
+#: Answers from this size on are decoded in a worker thread: parsing a document of tens of
+#: MB (a single annotation with its content inline) would hold the event loop for long.
+THREAD_DECODE_BYTES = 1 << 20
 USER_AGENT = f"{DISTRIBUTION}/{__version__}"
 
 _DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
@@ -416,6 +420,7 @@ class Transport:
         form: Mapping[str, str] | None = None,
         item: str | None = None,
         follow_redirects: bool = True,
+        decode: Callable[[bytes | bytearray], Any] = orjson.loads,
     ) -> Any:
         """Make an API call and return its parsed JSON body, retrying what is retryable.
 
@@ -434,6 +439,9 @@ class Transport:
             item: named in errors.
             follow_redirects: ``False`` refuses every redirect (a call whose body holds a
                 secret, which a redirect would send on).
+            decode: turns the (non-empty) answer into what is returned; it raises
+                :class:`orjson.JSONDecodeError` for an answer that is not JSON. Answers of
+                ``THREAD_DECODE_BYTES`` and more are decoded in a worker thread.
 
         Raises:
             AuthError: 401/403 (after one refetch).
@@ -482,7 +490,7 @@ class Transport:
                 if resp.status >= 400:
                     _raise_for_status(resp, payload, url=url, item=item)
                 try:
-                    return orjson.loads(payload) if payload else None
+                    return await _decoded(payload, decode)
                 except orjson.JSONDecodeError:
                     raise _Retry(
                         InvalidResponseError, "answer is not valid JSON", status=resp.status
@@ -642,6 +650,14 @@ class Transport:
         raise InvalidResponseError(
             f"answer larger than {_size_text(limit)}", url=url, status=resp.status, item=item
         )
+
+
+async def _decoded(payload: bytearray, decode: Callable[[bytes | bytearray], Any]) -> Any:
+    if not payload:
+        return None
+    if len(payload) >= THREAD_DECODE_BYTES:
+        return await anyio.to_thread.run_sync(decode, payload)
+    return decode(payload)
 
 
 def _raise_for_status(

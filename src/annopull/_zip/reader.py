@@ -14,7 +14,7 @@ import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, BinaryIO, Final
 
 import anyio
 import anyio.to_thread
@@ -84,8 +84,9 @@ class ExtractReport:
     bytes_written: int
 
 
-def open_zip(path: Path) -> zipfile.ZipFile:
-    """``path`` as a :class:`zipfile.ZipFile` (its central directory read); blocking.
+def open_zip(path: Path | BinaryIO) -> zipfile.ZipFile:
+    """``path`` (a file, or a seekable reader) as a :class:`zipfile.ZipFile` (its central
+    directory read); blocking.
 
     Raises:
         ZipFormatError: it is not a readable zip.
@@ -93,7 +94,8 @@ def open_zip(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ZipFormatError(f"cannot open zip: {exc}", item=str(path)) from exc
+        where = str(getattr(path, "name", path))
+        raise ZipFormatError(f"cannot open zip: {exc}", item=where) from exc
 
 
 def _drain(archive: zipfile.ZipFile, info: zipfile.ZipInfo, sink: AtomicFile | None) -> int:
@@ -114,11 +116,12 @@ def _verify_group(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> int
     return sum(_drain(archive, info, None) for info in infos)
 
 
-async def verify_zip(path: Path) -> ZipCheck:
+async def verify_zip(path: Path | BinaryIO) -> ZipCheck:
     """Read every entry of ``path`` and check its CRC, in worker threads.
 
     Args:
-        path: the zip to check.
+        path: the zip to check, or a seekable binary file of it (an object store's
+            ranged reader).
 
     Raises:
         ZipFormatError: the archive cannot be opened, or an entry is corrupt (its name is in

@@ -22,7 +22,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from annopull._errors import ZipFormatError
 from annopull._zip.reader import ZipCheck, open_zip
@@ -139,7 +139,7 @@ class StreamCheck:
         if self.undecided is None:
             self.undecided = why
 
-    def finish(self, path: Path) -> ZipCheck | None:
+    def finish(self, path: Path | BinaryIO) -> ZipCheck | None:
         """Hold the finished file's central directory against the entries that went by.
 
         Returns ``None`` when the walk was undecided (verify ``path`` the slow way).

@@ -35,7 +35,7 @@ import anyio
 import anyio.to_thread
 
 from annopull._errors import ResumeError, ZipFormatError
-from annopull._storage.base import Blob, ObjectStorage
+from annopull._storage.base import Blob, ObjectStorage, UnreadableRangeError
 from annopull._zip.names import sanitize_entry_name
 from annopull._zip.records import (
     DEFLATED,
@@ -155,6 +155,7 @@ class _Archive:
         else:
             self._write_tail(entry, data)
         entry.finished = True
+        self.blob.mark_boundary()
         return CentralRow(
             name=entry.name.decode(),
             offset=entry.offset,
@@ -362,7 +363,12 @@ def _resume_point(blob: Blob, last: CentralRow | None, where: str) -> int:
             item=where,
         )
     name = last.name.encode()
-    head = blob.read_at(last.offset, LOCAL_HEADER.size + len(name))
+    try:
+        head = blob.read_at(last.offset, LOCAL_HEADER.size + len(name))
+    except UnreadableRangeError:
+        # An object store cannot read its parts back before the upload completes; it
+        # checked them itself (sizes and ETags against its manifests) when it resumed.
+        return last.end_offset
     fixed = LOCAL_HEADER.unpack_from(head) if len(head) >= LOCAL_HEADER.size else None
     if fixed is None or fixed[0] != LOCAL_SIG or head[LOCAL_HEADER.size :] != name:
         raise ResumeError(

@@ -18,7 +18,13 @@ imported here so that ``python -m annopull.testing.serve`` runs cleanly.
 from annopull.testing.annolab import AnnoLabProject, AnnoLabStats, FakeAnnoLab
 from annopull.testing.chaos import Chaos, ChaosEvent
 from annopull.testing.faults import Fault, FaultPlan
-from annopull.testing.kognic import ExpectedAnnotation, FakeKognic, KognicProject, KognicStats
+from annopull.testing.kognic import (
+    ExpectedAnnotation,
+    ExpectedSceneAnnotation,
+    FakeKognic,
+    KognicProject,
+    KognicStats,
+)
 from annopull.testing.platforms import FakePlatforms, run_in_thread
 
 __all__ = [
@@ -27,6 +33,7 @@ __all__ = [
     "Chaos",
     "ChaosEvent",
     "ExpectedAnnotation",
+    "ExpectedSceneAnnotation",
     "FakeAnnoLab",
     "FakeKognic",
     "FakePlatforms",

@@ -112,6 +112,18 @@ def _bytes_entry(name: str, data: bytes) -> _Entry:
     return _Entry(name, len(data), lambda: (data,))
 
 
+def _text_bounds(project: AnnoLabProject, annotation: dict[str, Any]) -> dict[str, Any]:
+    """Where one annotation's text is in its source: the page and character span."""
+    index = annotation["id"] - 1  # annotations are the instruments, ids from 1
+    return {
+        "annotationId": annotation["id"],
+        "sourceId": annotation["sourceId"],
+        "page": _instrument(project, index)["pageStart"],
+        "start": index,
+        "end": index + len(annotation["value"]),
+    }
+
+
 def _jsonl(rows: Iterable[dict[str, Any]]) -> bytes:
     return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
 
@@ -467,7 +479,7 @@ class FakeAnnoLab(FakeServer):
             for number, name in enumerate(_LAYERS, start=1)
             if layer_names is None or name in layer_names
         ]
-        annotations = self._annotations(project, sources, layers, include_bounds)
+        annotations = self._annotations(project, sources, layers)
         pairs = [
             (first["id"], second["id"])
             for first, second in itertools.pairwise(annotations)
@@ -477,25 +489,21 @@ class FakeAnnoLab(FakeServer):
             {"id": number, "fromAnnotationId": a, "toAnnotationId": b, "relationType": "next"}
             for number, (a, b) in enumerate(pairs, start=1)
         ]
+        # Named as the SDK's importer looks for them: <project>.<part>.jsonl.
         files: list[tuple[str, list[dict[str, Any]]]] = []
         if include_sources:
-            files.append(("sources.jsonl", sources))
+            files.append(("sources", sources))
         if include_types:
             types = [{"id": n, "name": tag} for n, tag in enumerate(project.tags, start=1)]
-            files.append(("annotation_types.jsonl", types))
-        files += [
-            ("layers.jsonl", layers),
-            ("annotations.jsonl", annotations),
-            ("relations.jsonl", relations),
-        ]
-        return [_bytes_entry(name, _jsonl(rows)) for name, rows in files]
+            files.append(("atntypes", types))
+        files += [("layers", layers), ("annotations", annotations), ("relations", relations)]
+        if include_bounds:
+            files.append(("text-bounds", [_text_bounds(project, a) for a in annotations]))
+        return [_bytes_entry(f"{project.name}.{part}.jsonl", _jsonl(rows)) for part, rows in files]
 
     @staticmethod
     def _annotations(
-        project: AnnoLabProject,
-        sources: list[dict[str, Any]],
-        layers: list[dict[str, Any]],
-        include_bounds: bool,
+        project: AnnoLabProject, sources: list[dict[str, Any]], layers: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
         """One annotation per instrument, in the kept sources and layers."""
         source_ids = {source["id"] for source in sources}
@@ -506,19 +514,15 @@ class FakeAnnoLab(FakeServer):
             layer = _LAYERS[index % len(_LAYERS)]
             if instrument["sourceId"] not in source_ids or layer not in layer_names:
                 continue
-            value = instrument["fields"]["partNumber"]
-            annotation: dict[str, Any] = {
-                "id": instrument["id"],
-                "sourceId": instrument["sourceId"],
-                "layerName": layer,
-                "annotationType": instrument["instrumentType"],
-                "value": value,
-            }
-            if include_bounds:
-                annotation["textBounds"] = [
-                    {"page": instrument["pageStart"], "start": index, "end": index + len(value)}
-                ]
-            annotations.append(annotation)
+            annotations.append(
+                {
+                    "id": instrument["id"],
+                    "sourceId": instrument["sourceId"],
+                    "layerName": layer,
+                    "annotationType": instrument["instrumentType"],
+                    "value": instrument["fields"]["partNumber"],
+                }
+            )
         return annotations
 
     # -- status and download ----------------------------------------------------------------

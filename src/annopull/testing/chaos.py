@@ -45,8 +45,11 @@ __all__ = [
 ]
 
 #: Every endpoint chaos can apply to. Kognic: ``token``, ``search``, ``content`` (storage
-#: and the single-annotation read); AnnoLab: ``export``, ``status``, ``download``.
-TARGETS: Final = frozenset({"token", "search", "content", "export", "status", "download"})
+#: and the single-annotation read), ``annotation`` (the v2 and by-id reads); AnnoLab:
+#: ``export``, ``status``, ``download``.
+TARGETS: Final = frozenset(
+    {"token", "search", "content", "annotation", "export", "status", "download"}
+)
 #: The ways a listing page can be malformed.
 MALFORMED_KINDS: Final = ("invalid-json", "missing-fields", "non-list-data")
 _LATENCY_SHAPES: Final = ("uniform", "lognormal")

@@ -55,7 +55,8 @@ class Fault:
 
     Args:
         target: The endpoint it applies to. Kognic: ``"token"``, ``"search"``,
-            ``"content"``; AnnoLab: ``"export"``, ``"status"``, ``"download"``.
+            ``"content"``, ``"annotation"`` (the v2 and by-id reads); AnnoLab:
+            ``"export"``, ``"status"``, ``"download"``.
         status: Answer this status with a JSON ``{"message": ...}`` body instead of
             the real answer.
         retry_after: ``Retry-After`` header value (seconds or an HTTP date) sent with
@@ -64,7 +65,8 @@ class Fault:
             the connection after this many body bytes.
         stall: Sleep this many seconds before answering (to trigger read timeouts).
         times: How many matching requests it applies to.
-        match: Only requests for this key: a scene uuid (Kognic ``content``), an
+        match: Only requests for this key: a scene uuid (Kognic ``content``), the uuid
+            or id asked for (Kognic ``annotation``), an
             export id (AnnoLab ``status``/``download``), a project name (Kognic
             ``search``, AnnoLab ``export``) or a client id (Kognic ``token``).
         message: The error message sent with ``status`` (instead of "injected fault").

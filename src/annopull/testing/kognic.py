@@ -1,11 +1,13 @@
-"""A fake Kognic: OAuth token endpoint, annotation search API and signed storage.
+"""A fake Kognic: OAuth token endpoint, annotation APIs and signed storage.
 
-Three loopback servers on their own ports (auth, API, storage), answering as
-``API-CONTRACT.md`` says. Scenes are never materialized: a scene's uuid, ``created``
-and OpenLABEL content are computed from ``(seed, project, index, version)`` on
-request, and the bulky part of the content comes from a small cache of payload
-bodies into which a scene-specific header is spliced, so serving stays cheap even
-for hundreds of thousands of scenes.
+Four loopback servers on their own ports (auth, the input API, the annotation-integration
+API, storage), answering as ``API-CONTRACT.md`` says. Scenes are never materialized: a
+scene's uuid, ``created`` and OpenLABEL content are computed from
+``(seed, project, index, version)`` on request; so are the input uuid, request uid and
+annotation id of each scene's annotation of each type, which encode the scene index and
+type so that the server resolves them without a table. The bulky part of the content
+comes from a small cache of payload bodies into which a scene-specific header is spliced,
+so serving stays cheap even for hundreds of thousands of scenes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -39,7 +41,13 @@ from annopull.testing.faults import (
     send_json,
 )
 
-__all__ = ["ExpectedAnnotation", "FakeKognic", "KognicProject", "KognicStats"]
+__all__ = [
+    "ExpectedAnnotation",
+    "ExpectedSceneAnnotation",
+    "FakeKognic",
+    "KognicProject",
+    "KognicStats",
+]
 
 _EPOCH: Final = datetime(2024, 1, 1, tzinfo=UTC)
 #: Seconds a version bump moves ``created`` on: later than any first version.
@@ -66,6 +74,8 @@ class KognicProject:
         content_size: Approximate size in bytes of each OpenLABEL document.
         seed: Seeds scene uuids and content.
         page_size: Items per search page.
+        invalid_scenes: Indices of scenes whose documents are not valid OpenLABEL (their
+            ``schema_version`` is not one), for tests of validation.
     """
 
     project: str = "demo"
@@ -75,6 +85,7 @@ class KognicProject:
     content_size: int = 4096
     seed: int = 0
     page_size: int = 100
+    invalid_scenes: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.batches or not self.annotation_types:
@@ -96,6 +107,19 @@ class ExpectedAnnotation:
     content: bytes
 
 
+@dataclass(frozen=True)
+class ExpectedSceneAnnotation:
+    """An annotation exactly as the fake's v2 and by-id reads describe it."""
+
+    input_uuid: str
+    scene_uuid: str
+    request_uid: str
+    annotation_id: str
+    annotation_type: str
+    created: str
+    content: bytes
+
+
 @dataclass
 class KognicStats:
     """What the fake Kognic was asked; tests assert on it."""
@@ -106,6 +130,13 @@ class KognicStats:
     cartesian_searches: int = 0
     #: Storage requests per scene uuid.
     content_requests: Counter[str] = field(default_factory=Counter)
+    #: v1 single-annotation reads (content inline) per scene uuid.
+    single_requests: Counter[str] = field(default_factory=Counter)
+    #: v2 input and scene reads, and annotation-integration reads by id.
+    annotation_requests: int = 0
+    #: Single, v2 and by-id reads that asked for ISO 8855 cuboids (``useDefaultCartesian``
+    #: or, by id, ``isoBoxes``).
+    cartesian_reads: int = 0
     #: Body bytes storage actually sent.
     content_bytes: int = 0
     #: Storage requests that carried an Authorization header (0 for a correct client).
@@ -140,6 +171,36 @@ def _scene_index(seed: int, project: str, scene_uuid: str) -> int | None:
     except ValueError:
         return None
     return low ^ _index_mask(seed, project)
+
+
+def _mask16(seed: int, project: str, kind: str) -> int:
+    digest = hashlib.blake2b(f"{seed}:{project}:{kind}".encode(), digest_size=2).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _annotation_uuid(seed: int, project: str, kind: str, type_index: int, index: int) -> str:
+    """Deterministic uuid of one scene's annotation of one type (``kind``: input, id, request).
+
+    The low 48 bits are the type index (16) and the scene index (32), masked, like
+    :func:`_scene_uuid`'s.
+    """
+    text = f"{seed}:{project}:{kind}:{type_index}:{index}"
+    digest = hashlib.blake2b(text.encode(), digest_size=10).digest()
+    low = (type_index ^ _mask16(seed, project, kind)).to_bytes(2, "big") + (
+        index ^ _index_mask(seed, project)
+    ).to_bytes(4, "big")
+    return str(uuid.UUID(bytes=digest + low, version=4))
+
+
+def _annotation_place(seed: int, project: str, kind: str, text: str) -> tuple[int, int] | None:
+    """``(type index, scene index)`` of an :func:`_annotation_uuid`, unchecked."""
+    try:
+        low = uuid.UUID(text).int & 0xFFFF_FFFF_FFFF
+    except ValueError:
+        return None
+    return (low >> 32) ^ _mask16(seed, project, kind), (low & 0xFFFFFFFF) ^ _index_mask(
+        seed, project
+    )
 
 
 def _created(index: int, version: int) -> str:
@@ -181,9 +242,10 @@ def _openlabel(
     project: KognicProject, scene_uuid: str, annotation_type: str, version: int
 ) -> bytes:
     """The OpenLABEL document of one annotation version: a header spliced onto a payload."""
+    invalid = _scene_index(project.seed, project.project, scene_uuid) in project.invalid_scenes
     metadata = json.dumps(
         {
-            "schema_version": "1.0.0",
+            "schema_version": "not-a-version" if invalid else "1.0.0",
             "name": scene_uuid,
             "project": project.project,
             "annotation_type": annotation_type,
@@ -271,6 +333,40 @@ class FakeKognic(FakeServer):
         """Base URL of the signed-URL storage."""
         return self._url("storage")
 
+    @property
+    def annotation_integration_url(self) -> str:
+        """Base URL of the annotation-integration API (annotations by id)."""
+        return self._url("integration")
+
+    def scene_annotation(
+        self, project: str, scene_uuid: str, annotation_type: str
+    ) -> ExpectedSceneAnnotation:
+        """One scene's annotation of one type as the v2 and by-id reads describe it."""
+        spec = self._project(project)
+        self._check_type(spec, annotation_type)
+        index = self._find_index(spec, scene_uuid)
+        if index is None:
+            raise KeyError(f"no scene {scene_uuid} in project {project!r}")
+        type_index = spec.annotation_types.index(annotation_type)
+        version = self._versions.get((project, scene_uuid), 0)
+        return ExpectedSceneAnnotation(
+            input_uuid=_annotation_uuid(spec.seed, project, "input", type_index, index),
+            scene_uuid=scene_uuid,
+            request_uid=self._request_uid(spec, type_index, index),
+            annotation_id=_annotation_uuid(spec.seed, project, "id", type_index, index),
+            annotation_type=annotation_type,
+            created=_created(index, version),
+            content=_openlabel(spec, scene_uuid, annotation_type, version),
+        )
+
+    def annotation_id(self, project: str, scene_uuid: str, annotation_type: str) -> str:
+        """The id of one scene's annotation of one type (for the annotation-integration API)."""
+        return self.scene_annotation(project, scene_uuid, annotation_type).annotation_id
+
+    def input_uuid(self, project: str, scene_uuid: str, annotation_type: str) -> str:
+        """The input uuid of one scene's annotation of one type (for the v2 input read)."""
+        return self.scene_annotation(project, scene_uuid, annotation_type).input_uuid
+
     def credentials_file_content(self) -> dict[str, str]:
         """The JSON object of a ``KOGNIC_CREDENTIALS`` file for this fake.
 
@@ -357,6 +453,27 @@ class FakeKognic(FakeServer):
                 return spec, index
         return None
 
+    def _locate_annotation(self, kind: str, text: str) -> tuple[KognicProject, int, int] | None:
+        """The project, type index and scene index an input uuid or annotation id names."""
+        for spec in self._projects.values():
+            place = _annotation_place(spec.seed, spec.project, kind, text)
+            if place is None:
+                return None
+            type_index, index = place
+            if (
+                type_index < len(spec.annotation_types)
+                and index < spec.count
+                and _annotation_uuid(spec.seed, spec.project, kind, type_index, index) == text
+            ):
+                return spec, type_index, index
+        return None
+
+    @staticmethod
+    def _request_uid(spec: KognicProject, type_index: int, index: int) -> str:
+        """The request that annotated a scene's batch with one type: one per batch and type."""
+        batch = index % len(spec.batches)
+        return _annotation_uuid(spec.seed, spec.project, "request", type_index, batch)
+
     # -- servers --------------------------------------------------------------------
 
     async def _serve(self) -> None:
@@ -374,8 +491,11 @@ class FakeKognic(FakeServer):
                     self._search,
                 ),
                 web.get(prefix + "/inputs/{scene}/annotation-type/{atype}", self._single),
+                web.get("/v2/inputs/{input}/annotation", self._v2_input),
+                web.get("/v2/scenes/{scene}/annotations", self._v2_scene),
             ],
         )
+        await self._listen("integration", [web.get(prefix + "/{id}", self._by_id)])
         await self._listen(
             "storage", [web.get("/o/{project}/{atype}/{scene}/{version}", self._storage)]
         )
@@ -468,6 +588,8 @@ class FakeKognic(FakeServer):
 
     async def _single(self, request: web.Request) -> web.StreamResponse:
         scene, annotation_type = request.match_info["scene"], request.match_info["atype"]
+        self.stats.single_requests[scene] += 1
+        self.stats.cartesian_reads += request.query.get("useDefaultCartesian") == "true"
         # The single-annotation call fetches content, so "content" faults apply to it.
         fault, answer, chaos = await self._admit(request, target="content", key=scene, server="api")
         if answer is not None:
@@ -489,6 +611,84 @@ class FakeKognic(FakeServer):
             request, body, content_type="application/json", fault=fault, chaos=chaos
         )
         return response
+
+    async def _v2_input(self, request: web.Request) -> web.StreamResponse:
+        input_uuid = request.match_info["input"]
+
+        def answer() -> object:
+            located = self._locate_annotation("input", input_uuid)
+            if located is None:
+                return None
+            spec, type_index, index = located
+            return self._partial(spec, type_index, index)
+
+        return await self._annotation_read(request, input_uuid, "useDefaultCartesian", answer)
+
+    async def _v2_scene(self, request: web.Request) -> web.StreamResponse:
+        scene = request.match_info["scene"]
+
+        def answer() -> object:
+            located = self._locate(scene)
+            if located is None:
+                return None
+            spec, index = located
+            partials = [self._partial(spec, t, index) for t in range(len(spec.annotation_types))]
+            return {"data": partials}
+
+        return await self._annotation_read(request, scene, "useDefaultCartesian", answer)
+
+    async def _by_id(self, request: web.Request) -> web.StreamResponse:
+        annotation_id = request.match_info["id"]
+
+        def answer() -> object:
+            located = self._locate_annotation("id", annotation_id)
+            if located is None:
+                return None
+            spec, type_index, index = located
+            partial = self._partial(spec, type_index, index)
+            expires = datetime.now(UTC) + timedelta(seconds=self._signer.ttl)
+            return {
+                "id": annotation_id,
+                "sceneId": partial["sceneUuid"],
+                "requestId": int(partial["requestUid"][-8:], 16),
+                "requestInputId": partial["inputUuid"],
+                "requestUid": partial["requestUid"],
+                "isPreliminary": False,
+                "signedUrl": partial["uri"],
+                "expiresAt": expires.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "created": partial["created"],
+            }
+
+        return await self._annotation_read(request, annotation_id, "isoBoxes", answer)
+
+    async def _annotation_read(
+        self, request: web.Request, key: str, cartesian: str, answer: Callable[[], object]
+    ) -> web.StreamResponse:
+        """A v2 or by-id read: faults, the token, then ``answer()`` (``None``: a 404)."""
+        self.stats.annotation_requests += 1
+        self.stats.cartesian_reads += request.query.get(cartesian) == "true"
+        fault, denied, chaos = await self._admit(
+            request, target="annotation", key=key, server="api"
+        )
+        if denied is None:
+            denied = self._check_bearer(request)
+        if denied is not None:
+            return denied
+        body = answer()
+        if body is None:
+            return json_error(404, f"no annotation for {key}")
+        return await send_json(request, body, fault=fault, chaos=chaos)
+
+    def _partial(self, spec: KognicProject, type_index: int, index: int) -> dict[str, str]:
+        """The v2 partial annotation of scene ``index``'s annotation of one type."""
+        item = self._item(spec, index, spec.annotation_types[type_index])
+        return {
+            "inputUuid": _annotation_uuid(spec.seed, spec.project, "input", type_index, index),
+            "sceneUuid": item["inputUuid"],
+            "requestUid": self._request_uid(spec, type_index, index),
+            "created": item["created"],
+            "uri": item["uri"],
+        }
 
     async def _storage(self, request: web.Request) -> web.StreamResponse:
         info = request.match_info

@@ -63,6 +63,7 @@ class FakePlatforms:
                 "api_url": kognic.api_url,
                 "auth_url": kognic.auth_url,
                 "storage_url": kognic.storage_url,
+                "annotation_integration_url": kognic.annotation_integration_url,
                 "client_id": kognic.client_id,
                 "client_secret": kognic.client_secret,
                 "project": first.project,
