@@ -175,6 +175,7 @@ async def _with_signals(args: argparse.Namespace, ctx: Context) -> int:
     raise KeyboardInterrupt into the cleanup, which would lose the resume hint and exit 130.
     """
     code = EXIT_INTERRUPTED
+    finished = False
     command_scope = anyio.CancelScope()
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, sole_error():
         async with anyio.create_task_group() as tg:
@@ -184,14 +185,15 @@ async def _with_signals(args: argparse.Namespace, ctx: Context) -> int:
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     if stopping:
-                        fail(f"{name}: already stopping, keeping what arrived")
+                        if not finished:  # after the resume hint, it stays the last line
+                            fail(f"{name}: already stopping, keeping what arrived")
                         continue
                     stopping = True
                     fail(f"{name}: stopping, keeping what arrived")
                     command_scope.cancel()
 
             async def command() -> None:
-                nonlocal code
+                nonlocal code, finished
                 with command_scope:
                     try:
                         code = await args.run(args, ctx)
@@ -202,6 +204,8 @@ async def _with_signals(args: argparse.Namespace, ctx: Context) -> int:
                         # Disk full, permission denied, a folder gone: the user's to fix.
                         fail(_describe_os_error(exc))
                         code = EXIT_USAGE if disk_full(exc) else EXIT_FAILED
+                    finally:
+                        finished = True
                 tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
