@@ -35,6 +35,7 @@ def kognic_client() -> Any:
         max_attempts: int = 4,
         read_timeout: float = 5.0,
         concurrency: int = 8,
+        max_concurrency: int | None = None,
         rate_limit: float = 0.0,
         secret: str | None = None,
     ) -> Client:
@@ -48,6 +49,8 @@ def kognic_client() -> Any:
                 retry=RetryPolicy(max_attempts=max_attempts, backoff_base=0.01, backoff_max=0.05),
                 read_timeout=read_timeout,
                 concurrency=concurrency,
+                # The limit grows from concurrency up to this; fixed when they are equal.
+                max_concurrency=max_concurrency or EngineConfig().max_concurrency,
                 rate_limit=rate_limit,
             ),
         )

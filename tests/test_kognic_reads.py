@@ -282,7 +282,11 @@ async def test_malformed_scene_stops_before_any_fetch(
 async def test_resume_refuses_another_list(kognic_client: MakeClient, tmp_path: Path) -> None:
     """An interrupted run resumes with the same list only, fetching just what is missing."""
     out = tmp_path / "o.zip"
-    async with FakeKognic(projects=[PROJECT]) as fake, kognic_client(fake, concurrency=1) as client:
+    fixed = {"concurrency": 1, "max_concurrency": 1}  # one fetch at a time: the stall holds
+    async with (
+        FakeKognic(projects=[PROJECT]) as fake,
+        kognic_client(fake, **fixed) as client,
+    ):
         served = list(fake.expected("P", "T"))[:6]
         scenes = [e.scene_uuid for e in served]
         fake.faults.add(Fault(target="content", stall=30, match=scenes[3]))
