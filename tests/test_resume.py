@@ -399,11 +399,12 @@ def test_leftover_without_resume_is_refused(tmp_path: Path, name: str) -> None:
     """A run over an interrupted one's output without --resume exits 2, deleting nothing."""
     output = tmp_path / name
     with serve(tmp_path, SMALL_PROJECT) as pull:
-        pull.slow_down(0.03)
+        # Slow enough that the growing limit cannot finish the small project before the signal.
+        pull.slow_down(0.2)
         stopped = interrupt(pull, output, signal.SIGINT)
         assert stopped.returncode == 130, stopped.stderr
         left = snapshot(output)
-        assert str(journal_of(output)) in left
+        assert str(journal_of(output)) in left, stopped.stderr
         fetched = pull.requests()
 
         again = pull.run(output)
