@@ -279,11 +279,20 @@ def settled(pull: Pull) -> Counter[str]:
 def interrupt(
     pull: Pull, output: Path, signum: int, *extra: str, after: int = 20
 ) -> subprocess.CompletedProcess[str]:
-    """Start a pull and send it ``signum`` once the fake has served ``after`` contents."""
+    """Start a pull and send it ``signum`` once the fake has served ``after`` contents.
+
+    From then until the process has exited, the fake holds every content request, so on a
+    loaded machine the run cannot finish between the count and the signal.
+    """
     process = pull.start(output, *extra)
     wait_for(lambda: sum(pull.fake.stats.content_requests.values()) >= after, process)
-    process.send_signal(signum)
-    out, err = process.communicate(timeout=30)
+    hold = Fault(target="content", stall=2.0, times=10**9)
+    pull.fake.faults.add(hold, first=True)
+    try:
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=30)
+    finally:
+        pull.fake.faults.remove(hold)
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 

@@ -87,6 +87,35 @@ async def test_fan_out_error_stops_all_and_discards() -> None:
     assert len(consumed) < 50
 
 
+async def test_fan_out_cancelled_while_consuming_never_returns_as_finished() -> None:
+    """A cancel that lands while the consumer is shielded stops the fan-out as cancelled.
+
+    The workers stop and end their streams; the consumer must not take that end for the end
+    of the items, or a stopped pull would publish its partial output as complete.
+    """
+    consumed: list[int] = []
+    finished = False
+
+    async def fetch(i: int) -> int:
+        await anyio.sleep(0.001)
+        return i
+
+    with anyio.CancelScope() as scope:
+
+        async def consume(batch: list[Fetched[int, int]]) -> None:
+            consumed.extend(done.result for done in batch)
+            if len(consumed) >= 20:
+                scope.cancel()
+                with anyio.CancelScope(shield=True):  # a sink writing in a worker thread
+                    await anyio.sleep(0.05)
+
+        await fan_out(_numbers(10_000), fetch, consume, concurrency=4)
+        finished = True
+    assert scope.cancelled_caught
+    assert not finished
+    assert 20 <= len(consumed) < 10_000
+
+
 async def test_fan_out_pairs_each_item_with_its_result_in_batches() -> None:
     """Each result arrives once beside its own item, at most `batch` per consume call."""
     batches: list[list[tuple[int, str]]] = []

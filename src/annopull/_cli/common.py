@@ -283,6 +283,7 @@ async def run_pull(
     A stop signal prints how to continue; exit 0 when every item arrived, 1 when some failed.
     """
     progress = make_progress(ctx, label, shard=shard)
+    report: PullReport | None = None
     try:
         async with ctx.client() as client:
             if progress is not None:
@@ -292,8 +293,12 @@ async def run_pull(
             with progress if progress is not None else contextlib.nullcontext():
                 report = await pull(client, progress_or_null(progress))
     except anyio.get_cancelled_exc_class():
-        hint_resume(sink, sys.argv)
-        raise
+        if report is None:
+            hint_resume(sink, sys.argv)
+            raise
+        # The signal came while the client closed: the output is already published and
+        # complete, so the run reports as finished. Nothing below awaits.
+    assert report is not None
     write_summary(summary, report.to_dict())
     print_summary(report, noun=noun)
     return EXIT_OK if report.ok else EXIT_FAILED

@@ -595,6 +595,9 @@ class _Run(Generic[ItemT]):
                         concurrency=concurrency,
                         discard=_release,
                     )
+                    # A stop must never reach the finish below: that would publish the
+                    # partial output as complete.
+                    await anyio.lowlevel.checkpoint_if_cancelled()
                     # Everything written is made durable before the output is finished, so
                     # a crash while finishing still leaves a resumable run.
                     await self._checkpoint()

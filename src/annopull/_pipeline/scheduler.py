@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -86,6 +87,10 @@ async def fan_out(
                 tg.start_soon(produce, tg)
                 while (fetched := await _receive(done_recv)) is not None:
                     await consume(_take_ready(done_recv, [fetched], batch))
+                # A cancel that landed while ``consume`` was shielded also ended the
+                # workers' streams, and ``_receive`` met that end without a checkpoint: it
+                # is a stop, not the end of the items.
+                await anyio.lowlevel.checkpoint_if_cancelled()
     finally:
         if discard is not None:
             await _drain(done_recv, discard)

@@ -104,10 +104,22 @@ class FaultPlan:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
 
-    def add(self, *faults: Fault) -> None:
-        """Script ``faults``; each applies to its next ``times`` matching requests."""
+    def add(self, *faults: Fault, first: bool = False) -> None:
+        """Script ``faults``; each applies to its next ``times`` matching requests.
+
+        With ``first``, they apply before the faults already scripted (which wait until
+        these are used up or removed).
+        """
         with self._lock:
-            self._faults.extend(faults)
+            if first:
+                self._faults[:0] = faults
+            else:
+                self._faults.extend(faults)
+
+    def remove(self, fault: Fault) -> None:
+        """Drop ``fault`` (this very object) if it is not used up yet."""
+        with self._lock:
+            self._faults = [f for f in self._faults if f is not fault]
 
     def clear(self) -> None:
         """Drop every fault not yet used up."""
