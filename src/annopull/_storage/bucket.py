@@ -260,15 +260,15 @@ class _MultipartBlob:
         number = self.upload.next_number
         if number > _MAX_PARTS:
             raise StorageError("the object outgrew 10,000 parts", url=self._storage.description)
-        # Copied once into the bytes the client sends, and the buffer freed before the
-        # request: a part's worth is held twice only for the copy.
-        data, self._buffer = bytes(self._buffer), bytearray()
+        # The buffer itself is sent (the client copies nothing) and a fresh one takes its
+        # place, so nothing writes into the part while it goes up: a part is held once.
+        data, self._buffer = self._buffer, bytearray()
         try:
             part = self._storage.client.upload_part(
                 self._storage.url, self.upload.upload_id, number, data
             )
         except BaseException:
-            self._buffer = bytearray(data)
+            self._buffer = data
             raise
         self.upload.pending.append(part)
         self._base += len(data)
