@@ -39,7 +39,7 @@ import io
 import os
 import random
 import threading
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,6 +77,9 @@ _ATTEMPTS: Final = 5
 _BACKOFF: Final = 0.25
 _BACKOFF_CAP: Final = 20.0
 _POOL: Final = 32
+#: Bodies from this size are sent as slices of _SLICE bytes (see S3Client._send).
+_STREAM_FROM: Final = 1 << 20
+_SLICE: Final = 256 << 10
 _CONNECT_TIMEOUT: Final = 30.0
 _READ_TIMEOUT: Final = 120.0
 #: Codes of a store asking to slow down (retried like a 5xx).
@@ -645,8 +648,16 @@ class S3Client:
                 skip_auto_headers=("Content-Type",),
                 auto_decompress=False,
             )
+        payload: bytes | bytearray | AsyncIterator[memoryview] | None = data or None
+        if len(data) >= _STREAM_FROM:
+            # Handed over whole, aiohttp would slice a bytearray (a copy), join it to the
+            # headers (a copy) and the socket's transport keep what the kernel did not take
+            # (another): three parts in memory for one. Slices of a view, each written and
+            # drained, cost nothing; the length is set so that the body is not chunked.
+            headers = headers | {"Content-Length": str(len(data))}
+            payload = _slices(data)
         async with self._session.request(
-            method, URL(target, encoded=True), headers=headers, data=data or None
+            method, URL(target, encoded=True), headers=headers, data=payload
         ) as response:
             return _Answer(response.status, response.headers, await response.read())
 
@@ -692,6 +703,12 @@ class RangedReader(io.RawIOBase):
         buffer[: len(data)] = data
         self._position += len(data)
         return len(data)
+
+
+async def _slices(data: bytes | bytearray) -> AsyncIterator[memoryview]:
+    view = memoryview(data)
+    for start in range(0, len(view), _SLICE):
+        yield view[start : start + _SLICE]
 
 
 def _md5(data: bytes | bytearray) -> str:
