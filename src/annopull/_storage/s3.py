@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequenc
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar, Unpack
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
@@ -263,6 +263,15 @@ def close_clients() -> None:
 
 
 atexit.register(close_clients)
+
+
+class _Options(TypedDict, total=False):
+    """What a call sends besides its method and URL (see S3Client._request)."""
+
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes | bytearray
+    xml: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,37 +570,18 @@ class S3Client:
         answer = await self._request(url, "PUT", headers=headers | fields, body=data)
         return answer.headers["ETag"]
 
-    def _call(
-        self,
-        url: S3Url,
-        method: str,
-        *,
-        query: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        body: bytes | bytearray | None = None,
-        xml: bytes | None = None,
-    ) -> _Answer:
-        return _LOOP.run(
-            self._request(url, method, query=query, headers=headers, body=body, xml=xml)
-        )
+    def _call(self, url: S3Url, method: str, **options: Unpack[_Options]) -> _Answer:
+        return _LOOP.run(self._request(url, method, **options))
 
-    async def _request(
-        self,
-        url: S3Url,
-        method: str,
-        *,
-        query: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        body: bytes | bytearray | None = None,
-        xml: bytes | None = None,
-    ) -> _Answer:
+    async def _request(self, url: S3Url, method: str, **options: Unpack[_Options]) -> _Answer:
         """One S3 call, retried on a network failure, 5xx or throttling (botocore's
         "standard" mode: 5 attempts, capped exponential backoff with full jitter).
 
         ``body`` goes unsigned with a Content-MD5 (one pass, no copy); ``xml`` (small
         request documents) is signed with its SHA-256, as S3 wants for some calls.
         """
-        extra = dict(headers or {})
+        extra = dict(options.get("headers", {}))
+        xml, body = options.get("xml"), options.get("body")
         if xml is not None:
             data: bytes | bytearray = xml
             payload_hash = hashlib.sha256(xml).hexdigest()
@@ -602,7 +592,7 @@ class S3Client:
         else:
             data, payload_hash = b"", hashlib.sha256(b"").hexdigest()
         host, path = self._address(url)
-        pairs = list((query or {}).items())
+        pairs = list(options.get("query", {}).items())
         target = f"{self._scheme}://{host}{path}" + (f"?{encode_query(pairs)}" if pairs else "")
         for attempt in range(1, _ATTEMPTS + 1):
             credentials = await self._credentials.current(str(url))
