@@ -8,6 +8,8 @@ answers come from a small loopback server that answers what S3 answers when it r
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -334,3 +336,32 @@ def test_error_answers_become_one_line_errors(refusing: S3Client) -> None:
         "POST /b/joined",
         "POST /b/joined",
     ]
+
+
+def test_no_credentials_is_one_line_exit_2(s3_server: S3Server, tmp_path: Path) -> None:
+    """No keys anywhere and no botocore to look further: exit 2, one line saying what to set."""
+    bucket = s3_server.bucket("no-keys")
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    project = KognicProject(project="p", annotation_types=("t",), count=5, content_size=100)
+    with serve(tmp_path, project) as pull:
+        env = {k: v for k, v in pull.env().items() if k not in DUMMY_ENV}
+        env |= {"AWS_SHARED_CREDENTIALS_FILE": str(empty), "AWS_CONFIG_FILE": str(empty)}
+        code = (
+            "import sys; sys.modules['botocore'] = None\n"
+            f"sys.argv = {pull.argv(f's3://{bucket}/x.zip')[2:]!r}\n"
+            "from annopull._cli import entry; entry()"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert line.startswith(f"annopull: error: no usable AWS credentials for s3://{bucket}/: ")
+        assert "AWS_ACCESS_KEY_ID" in line
+        assert sum(pull.requests().values()) == 0
