@@ -21,7 +21,7 @@ from collections.abc import (
     Mapping,
 )
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -86,6 +86,9 @@ class AnnotationRef:
     page: PageKey = field(repr=False, compare=False)
     #: Why this item cannot be fetched (a malformed listing entry), or ``None``.
     problem: str | None = field(default=None, compare=False)
+    #: ``uri`` as the listing's check parsed it, handed to the request as is: parsing a
+    #: long signed URL costs more than the rest of an item's bookkeeping, so it is done once.
+    parsed_uri: yarl.URL | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -566,7 +569,12 @@ class KognicSource:
             return last
 
         await self._transport.download(
-            ref.uri, target, refresh_url=refresh, on_bytes=on_bytes, item=ref.scene_uuid
+            ref.uri,
+            target,
+            parsed=ref.parsed_uri,
+            refresh_url=refresh,
+            on_bytes=on_bytes,
+            item=ref.scene_uuid,
         )
 
     async def _fresh_uri(self, ref: AnnotationRef, *, stale: str) -> str:
@@ -607,41 +615,51 @@ def _ref(item: Any, page: PageKey, index: int) -> AnnotationRef:
     if not isinstance(item, dict):
         return _malformed(page, index, "listed item is not an object")
     try:
-        ref = AnnotationRef(
-            scene_uuid=str(item["inputUuid"]),
-            annotation_type=str(item["annotationType"]),
-            created=str(item["created"]),
-            uri=str(item["uri"]),
-            page=page,
-        )
+        scene_uuid = str(item["inputUuid"])
+        annotation_type = str(item["annotationType"])
+        created = str(item["created"])
+        uri = str(item["uri"])
     except KeyError as exc:
         scene = item.get("inputUuid")
         if isinstance(scene, str) and 0 < len(scene) <= _MAX_FIELD:
             return _malformed(page, index, f"listed item has no {exc.args[0]!r}", scene=scene)
         return _malformed(page, index, f"listed item has no {exc.args[0]!r}")
-    problem = _problem(ref)
-    return ref if problem is None else replace(ref, problem=problem)
+    parsed, problem = _parse_uri(uri)
+    return AnnotationRef(
+        scene_uuid=scene_uuid,
+        annotation_type=annotation_type,
+        created=created,
+        uri=uri,
+        page=page,
+        problem=_problem(scene_uuid, created) or problem,
+        parsed_uri=parsed,
+    )
 
 
 #: Longest scene uuid or ``created`` taken from a listing; real ones are 36 and ~30 long.
 _MAX_FIELD = 1024
 
 
-def _problem(ref: AnnotationRef) -> str | None:
-    if not ref.scene_uuid or len(ref.scene_uuid) > _MAX_FIELD:
-        return f"scene uuid is {len(ref.scene_uuid)} characters long"
-    if len(ref.created) > _MAX_FIELD:
-        return f"created is {len(ref.created)} characters long"
-    if any(ord(c) < 0x20 for c in ref.scene_uuid):
+def _problem(scene_uuid: str, created: str) -> str | None:
+    if not scene_uuid or len(scene_uuid) > _MAX_FIELD:
+        return f"scene uuid is {len(scene_uuid)} characters long"
+    if len(created) > _MAX_FIELD:
+        return f"created is {len(created)} characters long"
+    if any(ord(c) < 0x20 for c in scene_uuid):
         return "scene uuid holds a control character"
-    try:
-        uri = yarl.URL(ref.uri)
-        uri.port  # noqa: B018 - yarl checks the port range only when asked
-    except ValueError as exc:
-        return f"content uri is not usable: {exc}"
-    if uri.scheme not in ("http", "https") or not uri.host:
-        return "content uri is not an http(s) URL with a host"
     return None
+
+
+def _parse_uri(uri: str) -> tuple[yarl.URL | None, str | None]:
+    """``uri`` parsed as the request will send it, or why it cannot be requested."""
+    try:
+        parsed = yarl.URL(uri)
+        parsed.port  # noqa: B018 - yarl checks the port range only when asked
+    except ValueError as exc:
+        return None, f"content uri is not usable: {exc}"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return None, "content uri is not an http(s) URL with a host"
+    return parsed, None
 
 
 def _malformed(

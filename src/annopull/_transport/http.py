@@ -38,6 +38,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 import anyio
 import orjson
+import yarl
 
 from annopull._config import EngineConfig
 from annopull._errors import (
@@ -503,6 +504,7 @@ class Transport:
         target: ByteTarget,
         *,
         resume: bool = False,
+        parsed: yarl.URL | None = None,
         refresh_url: Callable[[], Awaitable[str]] | None = None,
         on_bytes: Callable[[int], None] | None = None,
         item: str | None = None,
@@ -518,6 +520,8 @@ class Transport:
             url: the signed URL.
             target: where the bytes go; bytes it already holds count as done when ``resume``.
             resume: continue from ``target.size`` with a Range request.
+            parsed: ``url`` as ``yarl.URL(url)`` already parsed it (a listing's check did),
+                sent as is rather than parsed again.
             refresh_url: returns a fresh signed URL when the current one has expired.
             on_bytes: called with each change in bytes held (negative when cut back).
             item: named in errors.
@@ -531,6 +535,8 @@ class Transport:
                 :class:`TruncatedBodyError` or :class:`RetryableStatusError`.
         """
         current = url
+        # What the request is sent to: the parsed URL until a refresh replaces it.
+        request_url: str | yarl.URL = url if parsed is None else parsed
         refreshes = 0
         expired = False
         report = on_bytes or (lambda _n: None)
@@ -544,14 +550,14 @@ class Transport:
             if expired and refresh_url is not None:
                 # Outside the store's slot: the fresh URL comes from a listing call.
                 expired = False
-                current = await refresh_url()
+                current = request_url = await refresh_url()
             start = target.size if resume else 0
             if target.size != start:
                 await cut_back(start)
             headers = {"Range": f"bytes={start}-"} if start else {}
             async with (
                 attempt.exchange(current),
-                self.session.get(current, headers=headers) as resp,
+                self.session.get(request_url, headers=headers) as resp,
             ):
                 if resp.status in EXPIRED_URL_STATUSES and refresh_url is not None:
                     if refreshes >= MAX_URL_REFRESHES:
