@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from annopull._pipeline.buffers import Spool
+from annopull._pipeline.buffers import MemoryBudget, Spool
 
 pytestmark = pytest.mark.anyio
 
@@ -134,3 +134,29 @@ async def test_aclose_frees_an_in_memory_spool() -> None:
     await spool.write(b"held")
     await spool.aclose()
     assert spool.getvalue() == b""
+
+
+async def test_spools_sharing_a_budget_spill_once_it_is_spent(tmp_path: Path) -> None:
+    """Three spools under a 10-byte budget: the third spills though under its own limit;
+    truncating, spilling and closing give the bytes back, so a later spool fits again."""
+    budget = MemoryBudget(10)
+    first, second, third = (
+        Spool(memory_limit=8, directory=tmp_path, budget=budget) for _ in range(3)
+    )
+    await first.write(b"01234")
+    await second.write(b"abcd")
+    assert budget.held == 9
+    await third.write(b"xy")  # 11 > 10: to disk, nothing reserved
+    assert (third.in_memory, budget.held) == (False, 9)
+    assert await _read(third) == b"xy"
+    await first.truncate(2)
+    assert budget.held == 6
+    await second.write(b"efghi")  # past its own limit of 8: spills, returns its 4 bytes
+    assert (second.in_memory, budget.held) == (False, 2)
+    assert await _read(second) == b"abcdefghi"
+    later = Spool(memory_limit=8, directory=tmp_path, budget=budget)
+    await later.write(b"12345678")
+    assert (later.in_memory, budget.held) == (True, 10)
+    for spool in (first, second, third, later):
+        await spool.aclose()
+    assert budget.held == 0

@@ -114,7 +114,8 @@ class EngineConfig:
         max_answer_bytes: the largest API answer (listing page, job status, token) read,
             counted after decompression; storage downloads are not capped by it.
         spool_memory: bytes of one downloaded item kept in memory before it spills to a
-            temporary file; with ``concurrency`` this bounds the memory of a pull.
+            temporary file; a pull holds at most 32 times this in memory across all its
+            downloads (more in flight spill to disk), which bounds its memory.
         compress_level: zlib level for zip entries (0 stores them uncompressed).
         progress: the CLI's progress display: ``"auto"`` (a bar on a terminal, a plain
             line every few seconds elsewhere), ``"bar"`` (the bar even off a terminal),

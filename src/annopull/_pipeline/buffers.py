@@ -19,23 +19,58 @@ import anyio
 
 from annopull._errors import StorageError
 
-__all__ = ["Spool"]
+__all__ = ["MemoryBudget", "Spool"]
+
+
+class MemoryBudget:
+    """The bytes every spool of one pull may hold in memory together; past it they spill.
+
+    ``memory_limit`` bounds one spool; this bounds them all, so the adaptive concurrency
+    limit growing to hundreds of big downloads at once costs disk, not RAM. Spools use it
+    from one event loop only, so it needs no lock.
+
+    Args:
+        total: bytes all spools may hold in memory at once.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """Reserve ``size`` bytes; ``False`` (nothing reserved) when that would pass the total."""
+        if self.held + size > self.total:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        """Return ``size`` reserved bytes."""
+        self.held -= size
 
 
 class Spool:
     """Holds one downloaded item: in memory up to ``memory_limit`` bytes, then in a temp file.
 
-    This is what bounds a pull's memory: ``concurrency`` spools of at most ``memory_limit``
-    bytes each, whatever the size of a document or of the export.
+    This is what bounds a pull's memory: spools of at most ``memory_limit`` bytes each,
+    together at most their ``budget``, whatever the size of a document or of the export.
 
     Args:
         memory_limit: bytes kept in RAM before spilling to a temporary file.
         directory: where the temporary file goes (the output's folder keeps it on one disk).
+        budget: shared with the pull's other spools; this one spills when it is spent.
     """
 
-    def __init__(self, *, memory_limit: int, directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        memory_limit: int,
+        directory: Path | None = None,
+        budget: MemoryBudget | None = None,
+    ) -> None:
         self._limit = memory_limit
         self._directory = directory
+        self._budget = budget
         self._memory = bytearray()
         self._file: Any = None
         self._size = 0
@@ -95,7 +130,11 @@ class Spool:
             StorageError: the disk under the spool failed (a local problem, which retrying
                 the download would only repeat).
         """
-        if self._file is None and len(self._memory) + len(chunk) <= self._limit:
+        if (
+            self._file is None
+            and len(self._memory) + len(chunk) <= self._limit
+            and (self._budget is None or self._budget.take(len(chunk)))
+        ):
             self._memory += chunk
         else:
             with self._disk_errors():
@@ -117,6 +156,7 @@ class Spool:
     async def truncate(self, size: int) -> None:
         """Keep only the first ``size`` bytes."""
         if self._file is None:
+            self._free(len(self._memory) - size)
             del self._memory[size:]
         else:
             with self._disk_errors():
@@ -143,6 +183,7 @@ class Spool:
 
     async def aclose(self) -> None:
         """Free the memory and delete the temporary file."""
+        self._free(len(self._memory))
         self._memory = bytearray()
         if self._file is not None:
             file, self._file = self._file, None
@@ -157,7 +198,13 @@ class Spool:
         os.unlink(name)
         self._file = await aiofiles.open(fd, "w+b")
         await self._file.write(bytes(self._memory))
+        self._free(len(self._memory))
         self._memory = bytearray()
+
+    def _free(self, size: int) -> None:
+        """Return ``size`` bytes of memory this spool no longer holds to the budget."""
+        if self._budget is not None and size > 0:
+            self._budget.give(size)
 
 
 def _copy_fd(fd: int, path: Path, size: int) -> None:

@@ -47,7 +47,7 @@ from annopull._errors import (
     TransferError,
     WorkerPoolError,
 )
-from annopull._pipeline.buffers import Spool
+from annopull._pipeline.buffers import MemoryBudget, Spool
 from annopull._pipeline.ledger import Ledger, LedgerRow
 from annopull._pipeline.previous import load_previous_versions
 from annopull._pipeline.remote import commit_durable, rebuild_ledger
@@ -80,6 +80,9 @@ __all__ = [
 #: Checkpoint after this many entries or seconds, whichever comes first: each checkpoint
 #: costs an fsync or two, and a crash loses at most one batch, which a resume fetches again.
 _CHECKPOINT_ENTRIES = 512
+#: Spools held in memory at once, at most ``spool_memory`` each: the default concurrency's
+#: worth. Downloads beyond it (the limit grows to hundreds on slow links) spill to disk.
+_SPOOLS_IN_MEMORY = 32
 _CHECKPOINT_SECONDS = 2.0
 
 
@@ -463,6 +466,7 @@ class _Run(Generic[ItemT]):
         self.progress = progress
         self.spool_memory = spool_memory
         self.spool_dir = spool_dir
+        self.spool_budget = MemoryBudget(_SPOOLS_IN_MEMORY * spool_memory)
         self.started = time.monotonic()
         self.listed = self.downloaded = self.skipped = self.left_out = self.bytes = 0
         self.failures: list[Failure] = []
@@ -646,7 +650,9 @@ class _Run(Generic[ItemT]):
         return wanted
 
     async def _fetch(self, item: ItemT) -> Staged | None:
-        spool = Spool(memory_limit=self.spool_memory, directory=self.spool_dir)
+        spool = Spool(
+            memory_limit=self.spool_memory, directory=self.spool_dir, budget=self.spool_budget
+        )
         try:
             learned = await self.source.fetch(item, spool, on_bytes=self.progress.bytes)
             if learned is not None or not item.version:
