@@ -274,23 +274,29 @@ async def test_expired_signed_url_is_refreshed(
     assert fake.stats.status_requests == polls + 1
 
 
+async def _refused(
+    transport: Transport, fake: FakeAnnoLab, body: bytes, output: Path
+) -> ZipFormatError:
+    """The error of downloading ``body`` (a zip that does not verify) to ``output``."""
+    runner, base = await _serve_bytes(body, honour_range=True)
+    try:
+        with pytest.raises(ZipFormatError, match="does not verify") as caught:
+            await _source(transport, fake).download(_finished_job(f"{base}/export.zip"), output)
+    finally:
+        await runner.cleanup()
+    return caught.value
+
+
 async def test_corrupt_zip_keeps_part_and_raises(
     transport: Transport, fake: FakeAnnoLab, tmp_path: Path
 ):
     """A zip whose CRC does not match is not renamed: the .part stays and the error says so."""
     body = bytearray(_zip_bytes({"instruments.json": b'{"id": 1}\n' * 100}))
     body[40] ^= 0xFF  # inside the stored data of the only entry
-    runner, base = await _serve_bytes(bytes(body), honour_range=True)
-    try:
-        with pytest.raises(ZipFormatError, match="does not verify") as caught:
-            await _source(transport, fake).download(
-                _finished_job(f"{base}/export.zip"), tmp_path / "c.zip"
-            )
-    finally:
-        await runner.cleanup()
+    caught = await _refused(transport, fake, bytes(body), tmp_path / "c.zip")
     assert not (tmp_path / "c.zip").exists()
     assert (tmp_path / "c.zip.part").read_bytes() == bytes(body)
-    assert "c.zip.part" in str(caught.value)
+    assert "c.zip.part" in str(caught)
 
 
 async def test_corrupt_entry_in_a_background_batch_keeps_part_and_raises(
@@ -301,15 +307,8 @@ async def test_corrupt_entry_in_a_background_batch_keeps_part_and_raises(
     entries = {f"pdfs/{n}.pdf": bytes([n]) * (40 << 10) for n in range(8)}
     body = bytearray(_zip_bytes(entries))
     body[body.index(bytes([6]) * 1024) + 100] ^= 0xFF  # in the data of the 7th entry
-    runner, base = await _serve_bytes(bytes(body), honour_range=True)
-    try:
-        with pytest.raises(ZipFormatError, match="does not verify") as caught:
-            await _source(transport, fake).download(
-                _finished_job(f"{base}/export.zip"), tmp_path / "c.zip"
-            )
-    finally:
-        await runner.cleanup()
-    assert "bad CRC-32" in str(caught.value)
+    caught = await _refused(transport, fake, bytes(body), tmp_path / "c.zip")
+    assert "bad CRC-32" in str(caught)
     assert not (tmp_path / "c.zip").exists()
     kept = (tmp_path / "c.zip.part").read_bytes()
     assert kept
