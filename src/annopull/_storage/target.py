@@ -191,7 +191,7 @@ class BlobTarget:
     ) -> None:
         await self.aclose()
 
-    # -- helpers; those named here run on the loop, the others in a worker thread ------------
+    # -- helpers; _run, _launch, _land and _trim_pending run on the loop, the rest in a thread
     async def _run(self, func: Callable[[], object]) -> None:
         """Run ``func`` in a worker thread once the batch in flight has landed."""
         await self._land()
