@@ -14,7 +14,7 @@ Usage::
 
     python benchmarks/bench_s3.py [--runs 3] [--fraction 0.25] [--json FILE]
 
-Needs the ``test-s3`` extra (aiobotocore, moto[server]).
+Needs the ``test-s3`` extra (moto[server]; boto3 with it reads the objects back).
 """
 
 from __future__ import annotations

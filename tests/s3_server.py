@@ -18,7 +18,6 @@ moto_server = pytest.importorskip(
     "moto.server", reason="the S3 tests need moto[server]: pip install -e '.[dev,test-s3]'"
 )
 boto3 = pytest.importorskip("boto3", reason="the S3 tests read back with boto3 (moto's dependency)")
-pytest.importorskip("aiobotocore", reason="s3:// outputs need aiobotocore: pip install -e '.[s3]'")
 
 #: What every client (annopull's in-process and subprocess ones, boto3) gets.
 DUMMY_ENV = {

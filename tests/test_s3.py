@@ -2,7 +2,7 @@
 
 Every pull runs the CLI as a subprocess (``annopull kognic -o s3://…``) against a fake Kognic
 served from this process; what it wrote is read back through boto3 and checked by zipfile
-and ``unzip -t``. Skipped, with the reason, when moto or aiobotocore is not installed.
+and ``unzip -t``. Skipped, with the reason, when moto is not installed.
 """
 
 from __future__ import annotations
@@ -230,19 +230,27 @@ def test_missing_bucket_is_one_line_exit_2(s3_server: S3Server, tmp_path: Path) 
         assert sum(pull.requests().values()) == 0
 
 
-def test_missing_extra_names_the_pip_command(tmp_path: Path) -> None:
-    """Without aiobotocore an s3:// output is exit 2 with the pip command, no traceback."""
-    code = (
-        "import sys; sys.modules['aiobotocore'] = None; sys.argv = ['annopull', 'kognic', "
-        "'--project', 'p', '--annotation-type', 't', '-o', 's3://b/x.zip']\n"
-        "from annopull._cli import entry; entry()"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False
-    )
-    assert done.returncode == 2
-    assert "pip install 'annopull[s3]'" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_pull_to_bucket_never_imports_botocore(s3_server: S3Server, tmp_path: Path) -> None:
+    """With keys in the environment a pull to S3 needs no botocore: exact even if it is absent."""
+    bucket = s3_server.bucket("light")
+    with serve(tmp_path, SMALL) as pull:
+        # botocore made unimportable: any import of it in the pull would fail the run.
+        code = (
+            "import sys; sys.modules['botocore'] = None; sys.modules['aiobotocore'] = None\n"
+            f"sys.argv = {pull.argv(f's3://{bucket}/x.zip')[2:]!r}\n"
+            "from annopull._cli import entry; entry()"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env=pull.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert_exact(pull, read_output(fetch(s3_server, bucket, "x.zip", tmp_path)))
+    assert_no_leftovers(s3_server, bucket)
 
 
 def test_annolab_export_to_bucket_is_byte_identical_and_resumes(

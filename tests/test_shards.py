@@ -30,7 +30,7 @@ from annopull._config import Config, EngineConfig
 from annopull._fleet.parts import LocalParts
 from annopull._fleet.runner import ShardJob, TaskEnv, _with_shared_rate, task_env
 from annopull._pipeline.pull import in_shard
-from annopull.testing import FakeKognic, FakePlatforms, KognicProject, run_in_thread
+from annopull.testing import Chaos, FakeKognic, FakePlatforms, KognicProject, run_in_thread
 
 PROJECT = KognicProject(
     project="P", batches=("a",), annotation_types=("T",), count=80, page_size=9, content_size=1500
@@ -318,6 +318,28 @@ def test_scenes_on_ray_with_a_failed_item(fake: FakeKognic, tmp_path: Path, mark
     assert failure["status"] == 404
     assert manifest["counts"] == {"entries": len(served), "duplicates": 0, "failed": 1}
     assert "1 failed" in done.stderr
+
+
+@ray_test
+def test_shards_together_keep_to_the_run_s_rate_limit(
+    clean_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str
+) -> None:
+    """A 12 req/s budget for the run, on storage that turns away more than 14 req/s (burst
+    5): the shards running at once share the budget, so storage never answers 429."""
+    chaos = Chaos(rate_limit=14.0, rate_burst=5, targets=frozenset({"content"}))
+    kognic = FakeKognic(projects=[PROJECT], chaos=chaos)
+    monkeypatch.chdir(tmp_path)
+    with run_in_thread(FakePlatforms(kognic=kognic)):
+        env = {**_env(kognic, marker), "ANNOPULL_ENGINE_RATE_LIMIT": "12"}
+        done = subprocess.run(
+            _argv("-q"), env=env, capture_output=True, text=True, timeout=240, check=False
+        )
+    assert done.returncode == 0, done.stderr
+    _check_exact(kognic, tmp_path / "out")
+    turned_away = [e for e in kognic.stats.chaos if e.action == "rate-limited"]
+    # Unsplit, two tasks at 12 req/s each would drain the burst within half a second.
+    assert turned_away == []
+    assert sum(kognic.stats.content_requests.values()) == PROJECT.count
 
 
 def test_rate_limit_is_split_between_the_tasks_running_at_once() -> None:

@@ -59,8 +59,8 @@ __all__ = ["MIN_PART_SIZE", "PART_SIZE", "S3Download", "S3Object", "S3Tree", "st
 
 #: S3's smallest part (all but the last).
 MIN_PART_SIZE: Final = 5 << 20
-#: The first parts' size (S3's least: each buffered part is held ~3 times while it is sent,
-#: by the buffer and the client's copies); see the module docstring for how it grows.
+#: The first parts' size (S3's least: the buffered part is memory for the whole run); see
+#: the module docstring for how it grows.
 PART_SIZE: Final = MIN_PART_SIZE
 _MAX_PARTS: Final = 10_000
 #: Objects of a tree being put at once (the client's connection pool holds 32).
@@ -260,14 +260,15 @@ class _MultipartBlob:
         number = self.upload.next_number
         if number > _MAX_PARTS:
             raise StorageError("the object outgrew 10,000 parts", url=self._storage.description)
-        # Copied once into the bytes the client sends, and the buffer freed before the
-        # request: a part's worth is held twice only for the copy.
-        data, self._buffer = bytes(self._buffer), bytearray()
+        # The buffer itself is sent (the client copies nothing) and a fresh one takes its
+        # place, so nothing writes into the part while it goes up: a part is held once.
+        data, self._buffer = self._buffer, bytearray()
         try:
             part = self._storage.client.upload_part(
                 self._storage.url, self.upload.upload_id, number, data
             )
         except BaseException:
+            # A copy: views of the sent buffer may live on, and they forbid resizing it.
             self._buffer = bytearray(data)
             raise
         self.upload.pending.append(part)
