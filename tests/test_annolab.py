@@ -22,6 +22,7 @@ from annopull._errors import (
     UnsafeEntryError,
     ZipFormatError,
 )
+from annopull._sources import annolab as annolab_module
 from annopull._sources.annolab import (
     AnnoLabSource,
     ExportJob,
@@ -273,23 +274,62 @@ async def test_expired_signed_url_is_refreshed(
     assert fake.stats.status_requests == polls + 1
 
 
+async def _refused(
+    transport: Transport, fake: FakeAnnoLab, body: bytes, output: Path
+) -> ZipFormatError:
+    """The error of downloading ``body`` (a zip that does not verify) to ``output``."""
+    runner, base = await _serve_bytes(body, honour_range=True)
+    try:
+        with pytest.raises(ZipFormatError, match="does not verify") as caught:
+            await _source(transport, fake).download(_finished_job(f"{base}/export.zip"), output)
+    finally:
+        await runner.cleanup()
+    return caught.value
+
+
 async def test_corrupt_zip_keeps_part_and_raises(
     transport: Transport, fake: FakeAnnoLab, tmp_path: Path
 ):
     """A zip whose CRC does not match is not renamed: the .part stays and the error says so."""
     body = bytearray(_zip_bytes({"instruments.json": b'{"id": 1}\n' * 100}))
     body[40] ^= 0xFF  # inside the stored data of the only entry
-    runner, base = await _serve_bytes(bytes(body), honour_range=True)
-    try:
-        with pytest.raises(ZipFormatError, match="does not verify") as caught:
-            await _source(transport, fake).download(
-                _finished_job(f"{base}/export.zip"), tmp_path / "c.zip"
-            )
-    finally:
-        await runner.cleanup()
+    caught = await _refused(transport, fake, bytes(body), tmp_path / "c.zip")
     assert not (tmp_path / "c.zip").exists()
     assert (tmp_path / "c.zip.part").read_bytes() == bytes(body)
-    assert "c.zip.part" in str(caught.value)
+    assert "c.zip.part" in str(caught)
+
+
+async def test_corrupt_entry_in_a_background_batch_keeps_part_and_raises(
+    transport: Transport, fake: FakeAnnoLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A bad CRC found while a batch is written in the background fails the download."""
+    monkeypatch.setattr(annolab_module, "_BATCH", 16 << 10)
+    entries = {f"pdfs/{n}.pdf": bytes([n]) * (40 << 10) for n in range(8)}
+    body = bytearray(_zip_bytes(entries))
+    body[body.index(bytes([6]) * 1024) + 100] ^= 0xFF  # in the data of the 7th entry
+    caught = await _refused(transport, fake, bytes(body), tmp_path / "c.zip")
+    assert "bad CRC-32" in str(caught)
+    assert not (tmp_path / "c.zip").exists()
+    kept = (tmp_path / "c.zip.part").read_bytes()
+    assert kept
+    assert bytes(body).startswith(kept)
+
+
+async def test_cut_download_with_batches_in_flight_resumes_and_verifies(
+    source: AnnoLabSource, fake: FakeAnnoLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A cut while batches are written in the background resumes byte-identical, verified."""
+    monkeypatch.setattr(annolab_module, "_BATCH", 16 << 10)
+    job = await source.wait(
+        await source.start(InstrumentsExport(owner="Group", project="Alpha", include_files=True))
+    )
+    whole = fake.export_path(1).read_bytes()
+    assert len(whole) > 4 * (16 << 10)
+    fake.faults.add(Fault(target="download", truncate_after=len(whole) // 2 + 7))
+    result = await source.download(job, tmp_path / "a.zip")
+    assert (tmp_path / "a.zip").read_bytes() == whole
+    assert result.entries == len(zipfile.ZipFile(io.BytesIO(whole)).infolist())
+    assert len(fake.stats.download_ranges) == 1
 
 
 async def test_zip_slip_refused_on_extraction(

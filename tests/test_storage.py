@@ -88,6 +88,7 @@ class RecordingBlob:
 
 async def test_target_batches_chunks_into_few_thread_hops(monkeypatch: pytest.MonkeyPatch):
     """Many small chunks cost about one worker-thread hop per batch, never the event loop's."""
+    import asyncio
     import threading
 
     hops = 0
@@ -98,7 +99,16 @@ async def test_target_batches_chunks_into_few_thread_hops(monkeypatch: pytest.Mo
         hops += 1
         return await run_sync(*args, **kwargs)
 
+    loop = asyncio.get_running_loop()
+    run_in_executor = loop.run_in_executor
+
+    def counting_in_executor(*args: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return run_in_executor(*args)
+
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    monkeypatch.setattr(loop, "run_in_executor", counting_in_executor)
     blob = RecordingBlob()
     target = BlobTarget(blob)
     chunk = bytes(range(256)) * 64  # 16 KiB, a typical network chunk
@@ -107,13 +117,88 @@ async def test_target_batches_chunks_into_few_thread_hops(monkeypatch: pytest.Mo
         await target.write(chunk)
     assert target.size == count * len(chunk)
     assert hops == 3
-    assert blob.position == 3 * BATCH_SIZE
-    await target.aclose()
+    await target.flush()
+    assert blob.position == count * len(chunk)
     assert hops == 4
+    await target.aclose()
+    assert hops == 5
     assert blob.data == chunk * count
     assert blob.syncs == 1
     assert blob.closed
     assert threading.get_ident() not in blob.threads
+
+
+async def test_target_writes_a_batch_while_the_next_arrives():
+    """A full batch is written in the background: the next chunks are taken meanwhile."""
+    import threading
+
+    release = threading.Event()
+    blob = RecordingBlob()
+    real_write = blob.write
+
+    def slow_write(data: bytes) -> None:
+        release.wait(10)
+        real_write(data)
+
+    blob.write = slow_write  # type: ignore[method-assign]
+    target = BlobTarget(blob, batch_size=4)
+    await target.write(b"abcd")  # a full batch: goes to the background, returns at once
+    await target.write(b"ef")  # taken while the first batch is still being written
+    assert target.size == 6
+    assert blob.position == 0
+    release.set()
+    await target.flush()
+    assert bytes(blob.data) == b"abcdef"
+    await target.aclose()
+
+
+async def test_target_observer_sees_every_byte_in_order_after_it_is_written():
+    """The observer gets each chunk in the worker thread, once it is in the blob, in order."""
+    import threading
+
+    blob = RecordingBlob()
+    seen: list[tuple[bytes, int]] = []
+    target = BlobTarget(blob, batch_size=5)
+
+    def observe(chunk: bytes) -> None:
+        assert threading.get_ident() != loop_thread
+        seen.append((chunk, blob.position))
+
+    loop_thread = threading.get_ident()
+    target.watch(observe)
+    pieces = [b"ab", b"cde", b"f", b"ghij", b"k"]
+    for piece in pieces:
+        await target.write(piece)
+    await target.flush()
+    target.watch(None)
+    await target.write(b"unseen")
+    await target.aclose()
+    assert [chunk for chunk, _ in seen] == pieces
+    assert [at for _, at in seen] == [2, 5, 6, 10, 11]
+    assert bytes(blob.data) == b"abcdefghijkunseen"
+
+
+async def test_target_failed_background_batch_raises_once_and_drops_what_followed():
+    """A batch the blob refuses raises from the next call; size is what the blob holds."""
+    blob = RecordingBlob()
+    target = BlobTarget(blob, batch_size=4)
+
+    def refuse(chunk: bytes) -> None:
+        if chunk == b"bad!":
+            raise OSError(28, "No space left on device")
+
+    target.watch(refuse)
+    await target.write(b"good")
+    await target.write(b"bad!")  # written in the background; the observer fails it
+    await target.write(b"xy")
+    with pytest.raises(OSError, match="No space"):
+        await target.flush()
+    # "bad!" reached the blob before its observer failed; "xy", batched after, is dropped.
+    assert target.size == blob.position == 8
+    await target.write(b"zz")
+    await target.flush()
+    await target.aclose()
+    assert bytes(blob.data) == b"goodbad!zz"
 
 
 async def test_target_size_starts_at_the_blob_position():

@@ -873,23 +873,23 @@ def _not_verified(
     )
 
 
-#: Bytes written to the ``.part`` per worker-thread hop, and walked by the CRC check per hop.
+#: Bytes written to the ``.part`` per worker-thread hop, and walked by the CRC check in the same
+#: hop (one batch is written while the next arrives).
 _BATCH: Final = 4 << 20
 
 
 class _CheckedTarget:
-    """A download target whose bytes also go through a :class:`StreamCheck`, off the loop.
+    """A download target whose bytes also go through a :class:`StreamCheck`.
 
-    The check is fed a few MiB per worker-thread hop. A retry that cuts the bytes back to
-    the start begins a new check; one that resumes mid-file leaves the check undecided (the
-    file is then verified the slow way).
+    The check sees each chunk in the target's worker thread, right after it is written. A
+    retry that cuts the bytes back to the start begins a new check; one that resumes
+    mid-file leaves the check undecided (the file is then verified the slow way).
     """
 
     def __init__(self, target: BlobTarget, check: StreamCheck | None) -> None:
         self._target = target
         self._check = check
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        target.watch(self._feed)
 
     @property
     def size(self) -> int:
@@ -897,42 +897,32 @@ class _CheckedTarget:
 
     async def write(self, chunk: bytes) -> None:
         await self._target.write(chunk)
-        if self._check is not None:
-            self._pending.append(chunk)
-            self._pending_size += len(chunk)
-            if self._pending_size >= _BATCH:
-                await self._feed()
 
     async def truncate(self, size: int) -> None:
-        if size < self._target.size and self._check is not None:
-            self._pending.clear()
-            self._pending_size = 0
-            if size == 0:
-                self._check = StreamCheck()
-            else:
-                self._check.give_up("the download was cut back mid-file")
+        cut = size < self._target.size
+        # Waits for the batch in flight first: the check is never swapped under a write.
         await self._target.truncate(size)
+        if not cut:
+            return
+        if size == 0:
+            self._check = StreamCheck()
+        elif self._check is not None:
+            self._check.give_up("the download was cut back mid-file")
 
     async def settle(self) -> StreamCheck | None:
-        """Walk what is left; the check, to :meth:`StreamCheck.finish` on the file.
+        """Write and check what is left; the check, to :meth:`StreamCheck.finish` on the file.
 
         Raises:
             ZipFormatError: an entry's CRC or size did not match.
         """
-        await self._feed()
+        await self._target.flush()
+        self._target.watch(None)
         return self._check
 
-    async def _feed(self) -> None:
-        pending, self._pending = self._pending, []
-        self._pending_size = 0
-        check = self._check
-        if check is not None and pending:
-            await anyio.to_thread.run_sync(_feed_all, check, pending)
-
-
-def _feed_all(check: StreamCheck, chunks: list[bytes]) -> None:
-    for chunk in chunks:
-        check.feed(chunk)
+    def _feed(self, chunk: bytes) -> None:
+        # In the target's worker thread.
+        if self._check is not None:
+            self._check.feed(chunk)
 
 
 def _raise_if_errored(job: ExportJob) -> None:
