@@ -80,10 +80,10 @@ __all__ = [
 #: Checkpoint after this many entries or seconds, whichever comes first: each checkpoint
 #: costs an fsync or two, and a crash loses at most one batch, which a resume fetches again.
 _CHECKPOINT_ENTRIES = 512
+_CHECKPOINT_SECONDS = 2.0
 #: Spools held in memory at once, at most ``spool_memory`` each: the default concurrency's
 #: worth. Downloads beyond it (the limit grows to hundreds on slow links) spill to disk.
 _SPOOLS_IN_MEMORY = 32
-_CHECKPOINT_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

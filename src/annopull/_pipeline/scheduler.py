@@ -87,10 +87,6 @@ async def fan_out(
                 tg.start_soon(produce, tg)
                 while (fetched := await _receive(done_recv)) is not None:
                     await consume(_take_ready(done_recv, [fetched], batch))
-                # A cancel that landed while ``consume`` was shielded also ended the
-                # workers' streams, and ``_receive`` met that end without a checkpoint: it
-                # is a stop, not the end of the items.
-                await anyio.lowlevel.checkpoint_if_cancelled()
     finally:
         if discard is not None:
             await _drain(done_recv, discard)
@@ -158,7 +154,13 @@ async def _send(stream: MemoryObjectSendStream[T], value: T) -> None:
 
 
 async def _receive(stream: MemoryObjectReceiveStream[T]) -> T | None:
-    """The next value, or ``None`` at the end of the stream."""
+    """The next value, or ``None`` at the end of the stream.
+
+    Raises:
+        the cancellation, when the stream ended because its senders were cancelled: a
+        cancel that landed while the receiver was shielded (a sink writing in a worker
+        thread) ends the streams too, and is a stop, not the end of the items.
+    """
     try:
         return stream.receive_nowait()
     except anyio.WouldBlock:
@@ -167,6 +169,7 @@ async def _receive(stream: MemoryObjectReceiveStream[T]) -> T | None:
         except anyio.EndOfStream:
             return None
     except anyio.EndOfStream:
+        await anyio.lowlevel.checkpoint_if_cancelled()
         return None
 
 
