@@ -149,22 +149,49 @@ def test_each_host_has_its_own_flow() -> None:
 # -- the AIMD limit --------------------------------------------------------------------------
 
 
-def test_limit_grows_by_about_one_per_window_up_to_the_ceiling() -> None:
-    """Good answers at a full limit add one per limit's worth of answers, up to the maximum."""
-    limiter = _limiter(initial=4, maximum=8)
+def test_slow_start_doubles_the_limit_once_per_probe_up_to_the_ceiling() -> None:
+    """Good answers at a full limit double it every four windows of answers, to the maximum."""
+    limiter = _limiter(initial=4, maximum=40)
+    steps: list[tuple[int, int]] = []
+    for answers in itertools.count(1):
+        limiter.on_success(0.01)
+        if not steps or limiter.limit != steps[-1][1]:
+            steps.append((answers, limiter.limit))
+        if limiter.limit == 40:
+            break
+    # Probes of 4 windows: 16 answers at 4, 32 at 8, 64 at 16, 128 at 32 (capped at 40).
+    assert steps == [(1, 4), (16, 8), (48, 16), (112, 32), (240, 40)]
+    for _ in range(500):
+        limiter.on_success(0.01)
+    assert (limiter.limit, limiter.highest) == (40, 40)
+
+
+def _after_slow_start(limiter: HostLimiter) -> HostLimiter:
+    """``limiter`` past slow start (an overload ends it), back at its initial limit."""
+    initial = limiter.limit
+    limiter.on_overload()
+    while limiter.limit < initial:
+        limiter.on_success(0.01)
+    return limiter
+
+
+def test_limit_grows_by_about_one_per_window_after_slow_start() -> None:
+    """After an overload, good answers at a full limit add one per limit's worth of answers."""
+    limiter = _after_slow_start(_limiter(initial=8, maximum=16))
+    assert limiter.limit == 8
     counts = []
     for answers in itertools.count(1):
         limiter.on_success(0.01)
-        if limiter.limit > 4 + len(counts):
+        if limiter.limit > 8 + len(counts):
             counts.append(answers)
-        if limiter.limit == 8:
+        if limiter.limit == 16:
             break
-    # From 4 to 8 takes about 4 + 5 + 6 + 7 answers: one window per step.
-    assert counts[0] in (4, 5)
-    assert 18 <= counts[-1] <= 26
+    # From 8 to 16 takes about 8 + 9 + ... + 15 answers: one window per step.
+    assert counts[0] in (8, 9)
+    assert 85 <= counts[-1] <= 100
     for _ in range(500):
         limiter.on_success(0.01)
-    assert (limiter.limit, limiter.highest) == (8, 8)
+    assert (limiter.limit, limiter.highest) == (16, 16)
 
 
 def test_limit_does_not_grow_while_callers_use_less_of_it() -> None:
@@ -177,7 +204,7 @@ def test_limit_does_not_grow_while_callers_use_less_of_it() -> None:
 
 def test_rising_latency_holds_growth() -> None:
     """While recent answers are much slower than the long-run average, the limit holds."""
-    limiter = _limiter(initial=4, maximum=256)
+    limiter = _after_slow_start(_limiter(initial=4, maximum=256))
     for _ in range(60):
         limiter.on_success(0.010)
     grown = limiter.limit
@@ -197,15 +224,17 @@ def test_limit_grows_while_the_rate_rises_and_holds_when_it_stops() -> None:
     """Latency-bound answers (rate ~ limit) let it grow; a flat rate holds it, then re-probes."""
     clock = VirtualClock()
     limiter = HostLimiter(initial=8, maximum=256, clock=clock)
-    for _ in range(2000):
+    for _ in range(1000):
         _answer_at(limiter, clock, lambda limit: limit / 0.03)
-    assert limiter.limit > 40
+    # Slow start all the way: 8, 16, ..., 256 in 32 + 64 + 128 + 256 + 512 answers.
+    assert limiter.limit == 256
     # Saturated at 50 requests' worth of answers per RTT: more in flight only queues.
     flat = HostLimiter(initial=8, maximum=256, clock=clock)
     for _ in range(20_000):
         _answer_at(flat, clock, lambda limit: min(limit, 50) / 0.03)
     assert 50 < flat.limit < 80
-    assert flat.highest < 80
+    # Doubling to 64 paid, to 128 did not (tried once, then back to additive steps).
+    assert flat.highest == 128
 
 
 async def test_overload_halves_once_per_window_and_never_below_one() -> None:
@@ -265,7 +294,8 @@ async def test_growth_lets_a_waiter_in_at_once() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(second)
         await anyio.wait_all_tasks_blocked()
-        limiter.on_success(0.01)  # 1 -> 2
+        for _ in range(HostLimiter.PROBE_WINDOWS):
+            limiter.on_success(0.01)  # a probe's answers: 1 -> 2
     assert got == [True]
     limiter.release(first)
 

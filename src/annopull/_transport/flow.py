@@ -165,18 +165,24 @@ class HostLimiter:
     :meth:`acquire` / :meth:`release`), then report how it went with :meth:`on_success`
     or :meth:`on_overload`; :meth:`pause` holds back every new request for a while.
 
-    The limit is AIMD: each good answer that came while the limit was reached adds
-    ``1/limit`` (one per window of answers, as TCP's congestion avoidance), as long as
+    The limit starts as TCP's does, in *slow start*: every :attr:`PROBE_WINDOWS` windows
+    of answers at a full limit (a *probe*) it doubles, for as long as each doubling paid
+    (see below), so a latency-bound pull reaches a high limit in a few seconds rather than
+    one step per window. The first doubling that did not pay, an overload, or the maximum
+    ends slow start for good.
+
+    After that the limit is AIMD: each good answer that came while the limit was reached
+    adds ``1/limit`` (one per window of answers, as TCP's congestion avoidance), as long as
     recent latency is not above the long-run average by more than
     :attr:`LATENCY_TOLERANCE`; an overload halves it, once per window: answers to requests
     sent before the last decrease do not decrease it again. It stays within
     ``1..maximum``. Waiting requests get their slots first come, first served.
 
-    Growth must also pay: every :attr:`PROBE_WINDOWS` windows of answers the limiter
-    compares the answer rate with the previous probe's, and when the limit rose but the rate
-    did not rise by at least :attr:`GAIN_SHARE` of that (the client, or the server, is
-    saturated and more requests in flight would only queue), the limit goes back to where
-    that probe began and holds for :attr:`HOLD_PROBES` probes before growth is tried again.
+    Growth must pay: at the end of each probe the limiter compares the answer rate with the
+    previous probe's, and when the limit rose but the rate did not rise by at least
+    :attr:`GAIN_SHARE` of that (the client, or the server, is saturated and more requests
+    in flight would only queue), the limit goes back to where that probe began and holds
+    for :attr:`HOLD_PROBES` probes before growth is tried again.
 
     Args:
         initial: the limit to start at (the engine's ``concurrency``).
@@ -220,6 +226,9 @@ class HostLimiter:
         self._probe_rate: float | None = None
         self._probe_limit = initial
         self._hold = 0
+        # Slow start: doubling per probe until a doubling does not pay (or an overload).
+        self._slow_start = True
+        self._probe_saturated = 0
         self._paused_until = -math.inf
         self._sleepers: set[anyio.CancelScope] = set()
         self._closed: str | None = None
@@ -310,9 +319,15 @@ class HostLimiter:
             self._fast += self.FAST_WEIGHT * (latency - self._fast)
             self._slow += self.SLOW_WEIGHT * (latency - self._slow)
         self._probe_answers += 1
+        self._probe_saturated += saturated
         if self._probe_answers >= self.PROBE_WINDOWS * self._limit:
             self._end_probe()
-        if not saturated or self._hold or self._fast > self._slow * self.LATENCY_TOLERANCE:
+        if (
+            self._slow_start
+            or not saturated
+            or self._hold
+            or self._fast > self._slow * self.LATENCY_TOLERANCE
+        ):
             return
         self._limit = min(float(self.maximum), self._limit + 1.0 / self._limit)
         self.highest = max(self.highest, self.limit)
@@ -331,6 +346,7 @@ class HostLimiter:
         """
         if ticket is not None and ticket <= self._cut_at:
             return False
+        self._slow_start = False
         self._limit = max(1.0, self._limit * self.DECREASE)
         self._cut_at = self._issued
         self.lowest = min(self.lowest, self.limit)
@@ -374,6 +390,8 @@ class HostLimiter:
         # A clock that stands still (a test's) tells nothing about the rate.
         rate = self._probe_answers / elapsed if elapsed > 0 else None
         limit, last_rate, last_limit = self.limit, self._probe_rate, self._probe_limit
+        # Most answers came at a full limit: the limit, not the caller, set the pace.
+        saturated = 2 * self._probe_saturated >= self._probe_answers
         if self._hold:
             self._hold -= 1
         elif rate is not None and last_rate is not None and limit > last_limit:
@@ -383,8 +401,19 @@ class HostLimiter:
                 self._limit = float(last_limit)
                 limit = last_limit
                 self._hold = self.HOLD_PROBES
-        self._probe_started, self._probe_answers = now, 0
+                self._slow_start = False
+        self._probe_started, self._probe_answers, self._probe_saturated = now, 0, 0
         self._probe_rate, self._probe_limit = rate, limit
+        if self._slow_start and saturated:
+            self._double()
+
+    def _double(self) -> None:
+        """Slow start's step: twice the limit, up to the maximum (which ends slow start)."""
+        self._limit = min(float(self.maximum), 2 * self._limit)
+        if self._limit >= self.maximum:
+            self._slow_start = False
+        self.highest = max(self.highest, self.limit)
+        self._grant()
 
     def _check_open(self) -> None:
         if self._closed is not None:
