@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import pkgutil
+import subprocess
+import sys
 import types
 import zipfile
 from pathlib import Path
@@ -21,20 +24,68 @@ def test_all_is_sorted_and_matches_public_names() -> None:
     """__all__ is sorted, has no duplicates, and equals the package's public non-module names."""
     assert annopull.__all__ == sorted(annopull.__all__)
     assert len(set(annopull.__all__)) == len(annopull.__all__)
+    # dir(), not vars(): the root loads its names lazily, so vars() holds only those used so far.
     public = {
         name
-        for name, value in vars(annopull).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(annopull)
+        if not name.startswith("_") and not isinstance(getattr(annopull, name), types.ModuleType)
     }
     assert set(annopull.__all__) == public
 
 
 @pytest.mark.parametrize("name", annopull.__all__)
 def test_every_name_importable(name: str) -> None:
-    """`from annopull import X` works for every name in __all__."""
+    """`from annopull import X` gives, for every name in __all__, the object of its home module."""
     namespace: dict[str, object] = {}
     exec(f"from annopull import {name}", namespace)
+    module, attribute = annopull._HOMES[name]
+    assert namespace[name] is getattr(importlib.import_module(module), attribute)
     assert namespace[name] is getattr(annopull, name)
+
+
+def _type_checking_names() -> dict[str, tuple[str, str]]:
+    """Public name -> (module, name) as the root's ``if typing.TYPE_CHECKING:`` block imports it."""
+    tree = ast.parse(Path(annopull.__file__).read_text(encoding="utf-8"))
+    block = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "typing.TYPE_CHECKING"
+    )
+    names: dict[str, tuple[str, str]] = {}
+    for node in block.body:
+        if isinstance(node, ast.ImportFrom):
+            assert node.module is not None
+            names.update({a.asname or a.name: (node.module, a.name) for a in node.names})
+        elif isinstance(node, ast.Assign):
+            # An alias of a name imported above, e.g. DownloadReport = PullReport.
+            assert isinstance(node.value, ast.Name)
+            (target,) = node.targets
+            assert isinstance(target, ast.Name)
+            names[target.id] = names[node.value.id]
+    return names
+
+
+def test_lazy_homes_match_what_type_checkers_see() -> None:
+    """The lazy loader's table names the same home for each name as the TYPE_CHECKING imports."""
+    assert _type_checking_names() == annopull._HOMES
+    assert set(annopull.__all__) | {"__version__"} == set(annopull._HOMES)
+
+
+def test_unknown_name_is_an_attribute_error() -> None:
+    """A name the package does not have raises AttributeError, as without the lazy loader."""
+    with pytest.raises(AttributeError, match="no attribute 'Clinet'"):
+        _ = annopull.Clinet  # type: ignore[attr-defined]
+    assert not hasattr(annopull, "Clinet")
+
+
+def test_importing_the_root_loads_no_submodule() -> None:
+    """`import annopull` alone imports none of its modules, nor aiohttp or rich."""
+    code = (
+        "import sys, annopull; "
+        "print(sorted(m for m in sys.modules if m.startswith(('annopull.', 'aiohttp', 'rich'))))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
 
 
 def _isort_key(name: str) -> tuple[int, str]:

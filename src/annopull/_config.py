@@ -12,7 +12,6 @@ import dataclasses
 import math
 import os
 import time
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -255,6 +254,8 @@ def load_config(
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # only a run with --config reads TOML; every run imports this module
+
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)

@@ -16,24 +16,13 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import orjson
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    ProgressColumn,
-    SpinnerColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.progress import (
-    Progress as RichProgress,
-)
-from rich.text import Text
 
 from annopull._redact import redact
 
 if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
+
     from annopull._transport.flow import TransferStats
 
 __all__ = [
@@ -155,17 +144,6 @@ def describe_transfer(stats: TransferStats) -> str:
     return ", ".join(parts)
 
 
-class _TransferColumn(ProgressColumn):
-    """Flow control, read at each redraw: a pause counts down while no bytes arrive."""
-
-    def __init__(self, text: Callable[[], str]) -> None:
-        super().__init__()
-        self._text = text
-
-    def render(self, task: Task) -> Text:
-        return Text(self._text())
-
-
 #: Seconds between updates of the live bar's fields (it redraws 5 times a second).
 _UPDATE_INTERVAL = 0.1
 
@@ -222,19 +200,10 @@ class TerminalProgress:
 
     def __enter__(self) -> TerminalProgress:
         if self._live:
-            self._rich = RichProgress(
-                SpinnerColumn(),
-                TextColumn("[bold]{task.description}"),
-                BarColumn(bar_width=24),
-                TextColumn("{task.fields[counts]}"),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[extra]}"),
-                _TransferColumn(self._transfer_text),
-                console=Console(file=self._stream),
-                transient=False,
-                refresh_per_second=5,
-            )
+            # rich is imported only for a live bar: a quiet, JSON or piped run never needs it.
+            from annopull._progress_bar import live_bar
+
+            self._rich = live_bar(stream=self._stream, transfer_text=self._transfer_text)
             self._rich.start()
             self._task = self._rich.add_task(self._label, total=None, counts="", extra="")
         return self

@@ -30,8 +30,6 @@ from annopull._cli.common import (
 )
 from annopull._config import load_config
 from annopull._errors import AnnopullError, RetryBudgetExhaustedError
-from annopull._pipeline.pull import InterruptedRunError
-from annopull._pipeline.scheduler import sole_error
 from annopull._redact import RedactingFormatter, redact
 
 __all__ = ["build_parser", "main"]
@@ -76,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(no account needed; try it with --project demo --batch demo --annotation-type demo)",
     )
     parser.add_argument(
+        "--version", action=_VersionAction, help="print annopull's version and exit"
+    )
+    parser.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -90,6 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.register(sub)
     fake.register(sub)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: like argparse's ``version`` action, but the version is read from package
+    metadata only when asked for (importlib.metadata is not free, and every run builds the
+    parser)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from annopull._version import __version__
+
+        print(f"annopull {__version__}", flush=True)
+        parser.exit()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,6 +210,8 @@ async def _with_signals(args: argparse.Namespace, ctx: Context) -> int:
     The receiver stays open until the command's cleanup is over: a second Ctrl-C must not
     raise KeyboardInterrupt into the cleanup, which would lose the resume hint and exit 130.
     """
+    from annopull._pipeline.scheduler import sole_error
+
     code = EXIT_INTERRUPTED
     finished = False
     command_scope = anyio.CancelScope()
@@ -244,6 +264,8 @@ def _ignore_stop_signals() -> None:
 
 def _with_flag_hint(exc: AnnopullError) -> str:
     """The library's message, plus the flag that answers it (the library names no flags)."""
+    from annopull._pipeline.pull import InterruptedRunError
+
     if isinstance(exc, InterruptedRunError):
         return f"{exc} (add --resume to continue it)"
     if disk_full(exc):

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -25,16 +25,14 @@ from annopull._cli.common import (
     write_summary,
 )
 from annopull._errors import AnnopullError
-from annopull._progress import Progress, format_bytes
-from annopull._sources.annolab import (
-    AnnoLabSource,
-    ExportOutcome,
-    ExportRequest,
-    InstrumentsExport,
-    ProjectExport,
-)
-from annopull._storage.bucket import S3Download
-from annopull._storage.s3 import S3Url, is_s3_url, open_client
+from annopull._storage.s3url import S3Url, is_s3_url
+
+# The parser (every command's --help) needs none of these: the AnnoLab source and the S3
+# client are imported by the run that uses them.
+if TYPE_CHECKING:
+    from annopull._progress import Progress
+    from annopull._sources.annolab import AnnoLabSource, ExportOutcome, ExportRequest
+    from annopull._storage.bucket import S3Download
 
 __all__ = ["register"]
 
@@ -204,6 +202,8 @@ def _add_output(parser: argparse.ArgumentParser) -> None:
 
 
 async def _run_instruments(args: argparse.Namespace, ctx: Context) -> int:
+    from annopull._sources.annolab import InstrumentsExport
+
     requests: list[ExportRequest] = [
         InstrumentsExport(
             owner=args.owner,
@@ -218,6 +218,8 @@ async def _run_instruments(args: argparse.Namespace, ctx: Context) -> int:
 
 
 async def _run_project(args: argparse.Namespace, ctx: Context) -> int:
+    from annopull._sources.annolab import ProjectExport
+
     requests: list[ExportRequest] = [
         ProjectExport(
             group=args.group,
@@ -268,6 +270,9 @@ async def _run_to_bucket(
     args: argparse.Namespace, ctx: Context, requests: Sequence[ExportRequest]
 ) -> int:
     """One export to ``s3://BUCKET/KEY.zip``: staged in the bucket, verified, then copied."""
+    from annopull._storage.bucket import S3Download
+    from annopull._storage.s3 import open_client
+
     url = S3Url.parse(args.output)
     if len(requests) > 1 or args.extract or url.is_prefix or not url.key.endswith(".zip"):
         fail(
@@ -294,8 +299,10 @@ async def _export_one(
     progress: Progress,
 ) -> ExportOutcome:
     """One export, its failure captured like :meth:`export_many` does, for one report."""
+    from annopull._sources.annolab import ExportOutcome
+
     extract = True if args.extract else None
-    shown = output.description if isinstance(output, S3Download) else Path(output)
+    shown = Path(output) if isinstance(output, str) else output.description
     try:
         result = await source.export(request, output, extract=extract, progress=progress)
     except AnnopullError as exc:
@@ -318,6 +325,8 @@ def _report(
 
 
 def _summary_line(outcomes: Sequence[ExportOutcome], elapsed: float) -> str:
+    from annopull._progress import format_bytes
+
     done = [o.result for o in outcomes if o.result is not None]
     size = sum(result.size for result in done)
     failed = len(outcomes) - len(done)

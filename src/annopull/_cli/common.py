@@ -10,13 +10,11 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import orjson
 
-from annopull._client import Client
-from annopull._config import PROGRESS_MODES, Config
+from annopull._config import PROGRESS_MODES
 from annopull._errors import (
     AnnopullError,
     AuthError,
@@ -24,17 +22,16 @@ from annopull._errors import (
     NotFoundError,
     ResumeError,
 )
-from annopull._pipeline.pull import PullReport, parse_shard, parse_time
-from annopull._progress import (
-    JsonProgress,
-    NullProgress,
-    Progress,
-    TerminalProgress,
-    describe_transfer,
-    format_bytes,
-)
-from annopull._redact import redact, redact_data
-from annopull._sinks import Sink, sink_for
+from annopull._redact import redact
+
+# Building the parser (and so --help, or a usage error) needs none of these: the client,
+# the pipeline, the sinks and the displays are imported by the functions that use them.
+if TYPE_CHECKING:
+    from annopull._client import Client
+    from annopull._config import Config
+    from annopull._pipeline.pull import PullReport
+    from annopull._progress import JsonProgress, Progress, TerminalProgress
+    from annopull._sinks import Sink
 
 __all__ = [
     "EXIT_FAILED",
@@ -74,6 +71,8 @@ class Context:
 
     def client(self) -> Client:
         """A client over this context's settings (open it with ``async with``)."""
+        from annopull._client import Client
+
         return Client(config=self.config, env=self.env)
 
 
@@ -150,9 +149,10 @@ def positive_int(most: int) -> Callable[[str], int]:
 _concurrency = positive_int(MAX_CONCURRENCY)
 
 
-#: A progress display the CLI shows around a job (a context manager that can watch the
-#: transport's flow control).
-Display = TerminalProgress | JsonProgress
+if TYPE_CHECKING:
+    #: A progress display the CLI shows around a job (a context manager that can watch the
+    #: transport's flow control).
+    Display = TerminalProgress | JsonProgress
 
 
 def make_progress(
@@ -168,12 +168,16 @@ def make_progress(
     mode = "none" if ctx.quiet else ctx.config.engine.progress
     if mode == "none":
         return None
+    from annopull._progress import JsonProgress, TerminalProgress
+
     if mode == "json":
         return JsonProgress(label, shard=shard)
     return TerminalProgress(label, live=True if mode == "bar" else None)
 
 
 def progress_or_null(progress: Display | None) -> Progress:
+    from annopull._progress import NullProgress
+
     return progress if progress is not None else NullProgress()
 
 
@@ -211,6 +215,10 @@ def write_summary(path: Path | None, summary: Mapping[str, Any]) -> None:
     """
     if path is None:
         return
+    import orjson
+
+    from annopull._redact import redact_data
+
     temp = path.with_name(path.name + ".tmp")
     temp.write_bytes(orjson.dumps(redact_data(summary), option=orjson.OPT_INDENT_2) + b"\n")
     temp.replace(path)
@@ -223,6 +231,8 @@ def print_summary(report: PullReport, *, noun: str) -> None:
         report: what the pull did.
         noun: what the items are called ("annotations", "files").
     """
+    from annopull._progress import describe_transfer, format_bytes
+
     rate = report.downloaded / report.elapsed if report.elapsed > 0 else 0.0
     line = (
         f"annopull: {report.output}: {report.downloaded} {noun} "
@@ -259,13 +269,16 @@ def output_sink(output: str, ctx: Context) -> Sink:
     """The sink ``-o`` names; a zip is never written to a terminal."""
     if output == "-" and sys.stdout.isatty():
         raise ConfigError("refusing to write a zip to a terminal: redirect stdout, or use -o FILE")
+    from annopull._sinks import sink_for
+
     return sink_for(
         output, compress_level=ctx.config.engine.compress_level, storage=ctx.config.storage
     )
 
 
-#: What a pulling command runs inside :func:`run_pull`: the pull itself.
-Pull = Callable[[Client, Progress], Awaitable[PullReport]]
+if TYPE_CHECKING:
+    #: What a pulling command runs inside :func:`run_pull`: the pull itself.
+    Pull = Callable[[Client, Progress], Awaitable[PullReport]]
 
 
 async def run_pull(
@@ -334,6 +347,8 @@ def add_shard_option(group: argparse._ArgumentGroup, *, hashed: str, of: str) ->
 
 def time_arg(text: str) -> Any:
     """``--since TIME`` for argparse: an ISO 8601 time, its error as a usage error."""
+    from annopull._pipeline.pull import parse_time
+
     try:
         return parse_time(text)
     except ValueError as exc:
@@ -363,6 +378,8 @@ class FormsParser(argparse.ArgumentParser):
 
 def shard_arg(text: str) -> tuple[int, int]:
     """``--shard K/N`` for argparse: the library's parse, its error as a usage error."""
+    from annopull._pipeline.pull import parse_shard
+
     try:
         return parse_shard(text)
     except ValueError as exc:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -31,15 +31,17 @@ from annopull._cli.common import (
     time_arg,
 )
 from annopull._cli.shards import SHARDS_EPILOG, add_shard_options, run_sharded, sharded
-from annopull._client import Client
 from annopull._errors import ConfigError, NotFoundError
-from annopull._pipeline.pull import PullReport, Selection
-from annopull._progress import Progress, format_bytes
 from annopull._redact import redact
-from annopull._sinks import Sink
-from annopull._sources.kognic import KognicSource
-from annopull._sources.kognic_reads import read_scene_list
-from annopull._storage.local import LocalFile, LocalTree
+
+# The parser (--help, usage errors) needs none of these; the run functions import what
+# they use.
+if TYPE_CHECKING:
+    from annopull._client import Client
+    from annopull._pipeline.pull import PullReport, Selection
+    from annopull._progress import Progress
+    from annopull._sinks import Sink
+    from annopull._sources.kognic import KognicSource
 
 __all__ = ["register"]
 
@@ -295,6 +297,8 @@ class ScenesPull:
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     """Run the pull; exit 0 when every item arrived, 1 when some failed."""
+    from annopull._pipeline.pull import Selection
+
     if args.skip_existing is not None:
         _check_not_replaced(args.skip_existing, args.output)
     what = KognicPull(
@@ -311,6 +315,9 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
 
 async def run_scenes(args: argparse.Namespace, ctx: Context) -> int:
     """Pull the list's scenes; exit 0 when every one arrived, 1 when some failed."""
+    from annopull._pipeline.pull import Selection
+    from annopull._sources.kognic_reads import read_scene_list
+
     label = f"kognic scenes {args.scene_list}/{args.annotation_type}"
     selection = Selection(since=args.since, shard=args.shard)
     if sharded(args):
@@ -423,6 +430,9 @@ def _write(output: str, documents: list[_Document], array: bool) -> str:
 
     A file appears whole or not at all: written as ``<file>.part``, then renamed.
     """
+    from annopull._progress import format_bytes
+    from annopull._storage.local import LocalFile, LocalTree
+
     if array:
         body = b"[" + b",".join(d.content for d in documents) + b"]"
     else:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from annopull._cli.common import EXIT_FAILED, EXIT_OK, Context, fail, positive_int
-from annopull._fleet.manifest import ManifestReport, build_manifest
 from annopull._fleet.parts import MAX_SHARDS, store_for
+
+if TYPE_CHECKING:
+    from annopull._fleet.manifest import ManifestReport
 
 __all__ = ["describe_manifest", "register"]
 
@@ -55,6 +57,9 @@ def register(sub: Any) -> None:
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     """Build the manifest; exit 0 when the set is complete and clean, 1 otherwise."""
+    # Imported here: the parser of every command reaches this module.
+    from annopull._fleet.manifest import build_manifest
+
     store = store_for(args.prefix, storage=ctx.config.storage)
     report = await anyio.to_thread.run_sync(
         lambda: build_manifest(store, shards=args.shards), abandon_on_cancel=True

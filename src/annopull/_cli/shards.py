@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -21,17 +21,12 @@ from annopull._cli.common import (
 from annopull._cli.manifest import describe_manifest
 from annopull._errors import ConfigError
 from annopull._fleet.parts import MAX_SHARDS, store_for
-from annopull._fleet.runner import (
-    FleetProgress,
-    FleetReport,
-    RayOptions,
-    ShardJob,
-    ShardPull,
-    run_fleet,
-    task_env,
-)
-from annopull._pipeline.pull import Selection
-from annopull._progress import TerminalProgress, format_bytes, json_line
+
+# The parser needs only MAX_SHARDS; a sharded run imports the runner when it starts.
+if TYPE_CHECKING:
+    from annopull._fleet.runner import FleetProgress, FleetReport, ShardPull
+    from annopull._pipeline.pull import Selection
+    from annopull._progress import TerminalProgress
 
 __all__ = ["SHARDS_EPILOG", "add_shard_options", "run_sharded"]
 
@@ -94,6 +89,8 @@ async def run_sharded(
     selection: Selection,
 ) -> int:
     """Run every shard on Ray, show the totals, write the manifest; return the exit code."""
+    from annopull._fleet.runner import RayOptions, ShardJob, run_fleet, task_env
+
     job = ShardJob(
         label=label,
         pull=pull,
@@ -126,6 +123,8 @@ async def run_sharded(
 
 def _conclude(report: FleetReport, *, prefix: str, noun: str) -> int:
     """One line for the run, one per shard that failed, the manifest's; the exit code."""
+    from annopull._progress import format_bytes
+
     print(
         f"annopull: {prefix}: {report.shards} shards ({len(report.already)} complete before), "
         f"{report.total('downloaded')} {noun} ({format_bytes(report.total('bytes'))}) in "
@@ -153,7 +152,9 @@ class _Display:
         self._label = label
         self._json = mode == "json"
         self._last: FleetProgress | None = None
-        self._bar = (
+        from annopull._progress import TerminalProgress
+
+        self._bar: TerminalProgress | None = (
             TerminalProgress(label, live=True if mode == "bar" else None)
             if mode in ("auto", "bar")
             else None
@@ -168,11 +169,15 @@ class _Display:
         if self._bar is not None:
             self._bar.__exit__(*exc_info)
         if self._json and self._last is not None:
+            from annopull._progress import json_line
+
             print(json_line(self._last.event(label=self._label, final=True)), file=sys.stderr)
 
     def show(self, totals: FleetProgress) -> None:
         self._last = totals
         if self._json:
+            from annopull._progress import json_line
+
             print(json_line(totals.event(label=self._label)), file=sys.stderr, flush=True)
         elif self._bar is not None:
             status = f"{totals.finished}/{totals.shards} shards done, {totals.running} running"

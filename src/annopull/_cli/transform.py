@@ -8,7 +8,6 @@ from typing import Any
 from annopull._cli.common import positive_int
 from annopull._errors import ConfigError
 from annopull._pipeline.workers import MAX_WORKERS, load_function
-from annopull._sources.kognic_transform import require_openlabel
 
 __all__ = ["EPILOG", "add_transform_options", "transform_options"]
 
@@ -69,6 +68,9 @@ def transform_options(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError("--workers and --workers-mode need --transform or --validate")
         return {}
     if args.validate:
+        # Here, not at the top: the Kognic source's transform stage imports the pipeline.
+        from annopull._sources.kognic_transform import require_openlabel
+
         require_openlabel()
     return {
         "transform": None if args.transform is None else load_function(args.transform),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -17,11 +17,14 @@ from annopull._cli.common import (
     run_pull,
 )
 from annopull._cli.shards import SHARDS_EPILOG, add_shard_options, run_sharded, sharded
-from annopull._client import Client
-from annopull._pipeline.pull import PullReport, Selection
-from annopull._progress import Progress
-from annopull._sinks import Sink
-from annopull._sources.urls import UrlList, UrlSource, read_url_list
+
+# The parser needs none of these; the run imports what it uses.
+if TYPE_CHECKING:
+    from annopull._client import Client
+    from annopull._pipeline.pull import PullReport, Selection
+    from annopull._progress import Progress
+    from annopull._sinks import Sink
+    from annopull._sources.urls import UrlList
 
 __all__ = ["register"]
 
@@ -88,6 +91,8 @@ class UrlsPull:
     async def __call__(
         self, client: Client, sink: Sink, *, selection: Selection, resume: bool, progress: Progress
     ) -> PullReport:
+        from annopull._sources.urls import UrlSource
+
         source = UrlSource(transport=client.transport, urls=self.urls)
         return await source.download(
             sink=sink, selection=selection, resume=resume, progress=progress
@@ -96,6 +101,9 @@ class UrlsPull:
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     """Fetch the list; exit 0 when every URL arrived, 1 when some failed."""
+    from annopull._pipeline.pull import Selection
+    from annopull._sources.urls import read_url_list
+
     sink = None if sharded(args) else output_sink(args.output, ctx)
     # Checked whole before any output exists or anything is fetched.
     urls = await anyio.to_thread.run_sync(read_url_list, args.list, abandon_on_cancel=True)

@@ -21,7 +21,7 @@ from typing import IO, Final, Protocol
 from annopull._config import StorageConfig
 from annopull._errors import ConfigError, StorageError
 from annopull._storage.durability import fsync_path
-from annopull._storage.s3 import S3Url, is_s3_url
+from annopull._storage.s3url import S3Url, is_s3_url
 
 __all__ = [
     "MANIFEST_NAME",

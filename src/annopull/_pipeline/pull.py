@@ -49,7 +49,6 @@ from annopull._errors import (
 )
 from annopull._pipeline.buffers import MemoryBudget, Spool
 from annopull._pipeline.ledger import Ledger, LedgerRow
-from annopull._pipeline.previous import load_previous_versions
 from annopull._pipeline.remote import commit_durable, rebuild_ledger
 from annopull._pipeline.scheduler import Fetched, fan_out
 from annopull._progress import NullProgress, Progress
@@ -278,6 +277,9 @@ class Selector:
 
     async def __aenter__(self) -> Selector:
         if self.selection.skip_existing is not None:
+            # Only --skip-existing reads an earlier output (and needs the zip reader).
+            from annopull._pipeline.previous import load_previous_versions
+
             self._previous = await anyio.to_thread.run_sync(
                 load_previous_versions, self.selection.skip_existing
             )

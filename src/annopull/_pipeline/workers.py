@@ -22,7 +22,6 @@ again; when that happens :data:`MAX_RESTARTS` times in a row with nothing done b
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import multiprocessing
@@ -164,6 +163,8 @@ class WorkerPool:
     async def _result(self, future: Future[R]) -> R:
         """The future's result, without blocking the event loop."""
         if _on_asyncio():
+            import asyncio  # loaded by now: _on_asyncio saw its running loop
+
             # The executor's own thread wakes the loop: no thread of ours per job, which
             # costs about as much again as the round trip to the process.
             return await asyncio.wrap_future(future)
@@ -227,6 +228,10 @@ class WorkerPool:
 
 
 def _on_asyncio() -> bool:
+    # Not imported at the top: the CLI's parser imports this module for MAX_WORKERS, and
+    # asyncio is a sizeable part of the start-up of --help. A run has imported it already.
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from annopull._config import StorageConfig
 from annopull._errors import ConfigError
 from annopull._sinks.base import EntryInfo, Records, Sink, SinkResult
 from annopull._sinks.directory import DirectorySink
 from annopull._sinks.jsonl import JsonlSink
 from annopull._sinks.zip import ZipSink
-from annopull._storage.bucket import S3Object, S3Tree
-from annopull._storage.s3 import S3Url, is_s3_url, open_client
+from annopull._storage.s3url import S3Url, is_s3_url
+
+if TYPE_CHECKING:
+    from annopull._config import StorageConfig
 
 __all__ = [
     "DirectorySink",
@@ -61,6 +63,10 @@ def sink_for(output: str, *, compress_level: int = 1, storage: StorageConfig | N
 
 
 def _bucket_sink(url: S3Url, *, compress_level: int, storage: StorageConfig | None) -> Sink:
+    # The S3 client (aiohttp, XML parsing) is imported only for an s3:// output.
+    from annopull._storage.bucket import S3Object, S3Tree
+    from annopull._storage.s3 import open_client
+
     client = open_client(storage)
     if url.is_prefix:
         return DirectorySink(S3Tree(url, client=client))

@@ -53,6 +53,7 @@ from yarl import URL
 
 from annopull._errors import AnnopullError, ConfigError, StorageError
 from annopull._storage.aws import UNSIGNED_PAYLOAD, CredentialSource, encode_query, region_of, sign
+from annopull._storage.s3url import S3Url
 
 if TYPE_CHECKING:
     from annopull._config import StorageConfig
@@ -65,7 +66,6 @@ __all__ = [
     "S3Client",
     "S3Url",
     "close_clients",
-    "is_s3_url",
     "open_client",
 ]
 
@@ -87,7 +87,6 @@ _THROTTLED: Final = frozenset({"SlowDown", "Throttling", "ThrottlingException", 
 #: CopyObject's largest source; bigger objects are copied in parts of _COPY_PART.
 _COPY_MAX: Final = 5 << 30
 _COPY_PART: Final = 1 << 30
-_SCHEME: Final = "s3://"
 #: Answers that no retry fixes: the user's bucket, permissions or credentials.
 _CONFIG_CODES: Final = frozenset(
     {
@@ -104,57 +103,6 @@ _CONFIG_CODES: Final = frozenset(
         "403",
     }
 )
-
-
-def is_s3_url(text: str) -> bool:
-    """Whether ``text`` names an object store location (``s3://…``)."""
-    return text[:5].lower() == _SCHEME
-
-
-@dataclass(frozen=True, slots=True)
-class S3Url:
-    """A bucket and a key (``""`` for the bucket itself; ending in ``/`` for a prefix)."""
-
-    bucket: str
-    key: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> S3Url:
-        """``s3://bucket/some/key`` -> ``S3Url("bucket", "some/key")``.
-
-        Raises:
-            ConfigError: not an ``s3://`` URL, or no bucket named.
-        """
-        if not is_s3_url(text):
-            raise ConfigError(f"not an s3:// URL: {text!r}")
-        bucket, _, key = text[len(_SCHEME) :].partition("/")
-        if not bucket or "?" in text or "#" in text:
-            raise ConfigError(f"an object store URL is s3://BUCKET/KEY, got {text!r}")
-        return cls(bucket, key)
-
-    def __str__(self) -> str:
-        return f"{_SCHEME}{self.bucket}/{self.key}"
-
-    @property
-    def is_prefix(self) -> bool:
-        """Whether this names a folder-like prefix (the bucket root, or a key ending in ``/``)."""
-        return self.key == "" or self.key.endswith("/")
-
-    @property
-    def name(self) -> str:
-        """The last segment of the key (``out.zip`` of ``s3://b/x/out.zip``)."""
-        return self.key.rstrip("/").rpartition("/")[2]
-
-    @property
-    def parent(self) -> S3Url:
-        """The prefix that holds this key (``s3://b/x/`` of ``s3://b/x/out.zip``)."""
-        head = self.key.rstrip("/").rpartition("/")[0]
-        return S3Url(self.bucket, f"{head}/" if head else "")
-
-    def child(self, name: str) -> S3Url:
-        """The key ``name`` under this prefix (a ``/`` is added when missing)."""
-        base = self.key if self.is_prefix else f"{self.key}/"
-        return S3Url(self.bucket, base + name)
 
 
 @dataclass(frozen=True, slots=True)
