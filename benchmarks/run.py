@@ -809,6 +809,19 @@ RUNNERS: dict[str, Callable[[Scenario, Context], list[Row]]] = {
 }
 
 
+def _compile_annopull() -> None:
+    """Compile annopull's modules to bytecode, as ``pip install`` does for every package.
+
+    An editable install under ``PYTHONDONTWRITEBYTECODE`` (as on this machine) never writes
+    ``.pyc`` files, so each annopull run would compile its own source (about 0.3 s of CPU)
+    while the baselines, installed by pip, load compiled modules.
+    """
+    import annopull
+
+    package = Path(annopull.__file__).parent
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -859,6 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     venv_python, venv_problem = _venv(args.venv)
+    _compile_annopull()
     py_spy = shutil.which("py-spy") or (
         str(args.venv / "bin" / "py-spy") if (args.venv / "bin" / "py-spy").exists() else None
     )

@@ -18,6 +18,8 @@ __all__ = ["MAX_NAME_BYTES", "name_candidates", "sanitize_entry_name", "unsafe_n
 #: A zip name field is 16 bits wide.
 MAX_NAME_BYTES: Final = 0xFFFF
 _DRIVE: Final = re.compile(r"^[A-Za-z]:")
+#: ASCII segments that start with no dot (so none is empty, ``.`` or ``..``), joined by ``/``.
+_PLAIN: Final = re.compile(r"[\w-][\w.-]*(?:/[\w-][\w.-]*)*", re.ASCII)
 
 
 def sanitize_entry_name(name: str) -> str:
@@ -30,6 +32,9 @@ def sanitize_entry_name(name: str) -> str:
         ZipFormatError: nothing is left of the name, it contains a NUL character or a lone
             surrogate, or it is longer than a zip name field holds.
     """
+    if _PLAIN.fullmatch(name) and len(name) <= MAX_NAME_BYTES:
+        # Already what the rules below make of it (every entry's name is checked, twice).
+        return name
     if "\x00" in name:
         raise ZipFormatError("entry name contains a NUL character", item=repr(name))
     path = _DRIVE.sub("", name.replace("\\", "/"))
