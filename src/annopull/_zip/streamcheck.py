@@ -14,22 +14,21 @@ verifies the finished file the slow way (:func:`~annopull._zip.reader.verify_zip
 
 Memory: the header being parsed, one inflate buffer, and a few dozen bytes per entry seen.
 
-With the speed extra (``annopull[speed]``, which brings ``isal``) the CRCs are ISA-L's, about
-3x zlib's on the benchmark machine; the values are the same.
+With the speed extra (``annopull[speed]``, which brings ``isal``) the CRCs are ISA-L's (see
+:mod:`annopull._zip.codec`).
 """
 
 from __future__ import annotations
 
-import importlib
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final, cast
+from typing import BinaryIO, Final
 
 from annopull._errors import ZipFormatError
+from annopull._zip.codec import crc32
 from annopull._zip.reader import ZipCheck, open_zip
 from annopull._zip.records import (
     CENTRAL_SIG,
@@ -51,18 +50,6 @@ _FLAG_ENCRYPTED: Final = 1
 _ZIP64_EXTRA_ID: Final = 0x0001
 _EXTRA_HEAD: Final = struct.Struct("<HH")
 _END_OF_ENTRIES: Final = frozenset({CENTRAL_SIG, END_SIG, ZIP64_END_SIG})
-
-
-def _fastest_crc32() -> Callable[[bytes | memoryview, int], int]:
-    """ISA-L's CRC-32 when the speed extra installed it, else zlib's (the same values)."""
-    try:
-        module = importlib.import_module("isal.isal_zlib")
-    except ImportError:
-        return zlib.crc32
-    return cast(Callable[[bytes | memoryview, int], int], module.crc32)
-
-
-_crc32: Final = _fastest_crc32()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +82,12 @@ class _Entry:
     def update(self, data: memoryview) -> None:
         crc, count = self.got
         if self.inflater is None:
-            crc, count = _crc32(data, crc), count + len(data)
+            crc, count = crc32(data, crc), count + len(data)
         else:
             pending: bytes | memoryview = data
             while pending:
                 out = self.inflater.decompress(pending, _INFLATE_STEP)
-                crc, count = _crc32(out, crc), count + len(out)
+                crc, count = crc32(out, crc), count + len(out)
                 pending = self.inflater.unconsumed_tail
                 if count > self.size:
                     break

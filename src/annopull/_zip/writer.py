@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import zlib
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import anyio.to_thread
 
 from annopull._errors import ResumeError, ZipFormatError
 from annopull._storage.base import Blob, ObjectStorage, UnreadableRangeError
+from annopull._zip.codec import Z_FINISH, Z_SYNC_FLUSH, crc32, raw_deflater
 from annopull._zip.names import sanitize_entry_name
 from annopull._zip.records import (
     DEFLATED,
@@ -66,9 +66,9 @@ __all__ = ["BATCH_BYTES", "WholeEntry", "ZipResult", "ZipWriter"]
 BATCH_BYTES: Final = 1 << 20
 # Central-directory bytes gathered before each write at close().
 _CD_BUFFER: Final = 1 << 20
-# Data of at least two pieces is deflated a piece per core (zlib lets go of the GIL), as
-# pigz does: each piece primed with the window before it and ended with a sync flush, so
-# the pieces join into one valid stream.
+# Data of at least two pieces is deflated a piece per core (zlib and ISA-L both let go of
+# the GIL), as pigz does: each piece primed with the window before it and ended with a sync
+# flush, so the pieces join into one valid stream.
 _PIECE: Final = 256 << 10
 _WINDOW: Final = 32 << 10
 
@@ -302,7 +302,7 @@ class _Archive:
 
     def _process(self, entry: _OpenEntry, data: bytes, *, final: bool) -> bytes:
         """CRC and compress one batch; end the deflate stream when the entry has no more data."""
-        entry.crc = zlib.crc32(data, entry.crc)
+        entry.crc = crc32(data, entry.crc)
         entry.uncompressed += len(data)
         out = data if entry.method == STORED else self._deflate(entry, data, final=final)
         entry.compressed += len(out)
@@ -334,12 +334,8 @@ class _Archive:
 
     def _deflate_piece(self, job: tuple[bytes | memoryview, memoryview, bool]) -> bytes:
         primer, piece, last = job
-        packer = (
-            zlib.compressobj(self._level, zlib.DEFLATED, -15, zdict=primer)
-            if primer
-            else zlib.compressobj(self._level, zlib.DEFLATED, -15)
-        )
-        return packer.compress(piece) + packer.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+        packer = raw_deflater(self._level, primer)
+        return packer.compress(piece) + packer.flush(Z_FINISH if last else Z_SYNC_FLUSH)
 
     def close_pool(self) -> None:
         """Stop the deflate threads (at the end of the archive)."""
