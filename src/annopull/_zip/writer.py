@@ -434,7 +434,7 @@ class ZipWriter:
             resume: continue the storage's unfinished archive.
             resume_after: the last entry recorded as durable; the unfinished archive is cut
                 back to its end (``None``: to nothing).
-            compress_level: zlib level 0-9 for deflated entries.
+            compress_level: deflate level 0-9 (0: entries stored; see _zip.codec).
 
         Raises:
             ResumeError: the unfinished archive does not match ``resume_after``, or the
